@@ -1,0 +1,434 @@
+"""The Amplitude client: zero threads, per-invocation buffers, deadline-bounded flushes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from . import report as r
+from .buffer import EventBuffer
+from .config import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ENV_SPILL_DIR,
+    ClientConfig,
+    IngestionMetadata,
+    Plan,
+    _positive_seconds,
+    resolve_config,
+)
+from .deadline import Deadline
+from .errors import ConfigError, InvalidEventError, OverflowWriteError
+from .event import GROUP_IDENTIFY_EVENT, IDENTIFY_EVENT, OP_SET, REVENUE_EVENT, Event, Identify, Revenue
+from .overflow import LocalSpill, OverflowSink, RecoverableSink, SpillClaim
+from .report import DeliveryReport, Tally
+from .retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
+from .sender import Sender, Transport
+from .validation import EventEncoder
+from .wire import BufferedEvent
+
+logger = logging.getLogger("amp_lite")
+
+Middleware = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+RECOVERY_MIN_BUDGET_S = 1.0  # read the local spill back only when a flush has at least this long
+
+
+class _DefaultOverflow:
+    def __repr__(self) -> str:
+        return "DEFAULT_OVERFLOW"
+
+
+DEFAULT_OVERFLOW: Any = _DefaultOverflow()
+
+
+class Amplitude:
+    """An Amplitude client that never starts a thread.
+
+    `track()` validates and buffers; `flush()` (or the end of an `invocation()` scope, or the
+    `@amplitude_flush` decorator) sends synchronously within a deadline. See the README's
+    configuration table for every argument and environment variable.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        server_zone: str | None = None,
+        server_url: str | None = None,
+        use_batch: bool = False,
+        min_id_length: int | None = None,
+        retry: Retry | None = None,
+        overflow: OverflowSink | Sequence[OverflowSink] | None = DEFAULT_OVERFLOW,
+        flush_timeout_s: float | None = None,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        gzip: bool | None = None,
+        ca_certs: str | None = None,
+        plan: Plan | Mapping[str, str] | None = None,
+        ingestion_metadata: IngestionMetadata | Mapping[str, str] | None = None,
+        enabled: bool | None = None,
+        middleware: Iterable[Middleware] = (),
+        transport: Transport | None = None,
+    ) -> None:
+        self.config: ClientConfig = resolve_config(
+            api_key=api_key, server_zone=server_zone, server_url=server_url, use_batch=use_batch,
+            min_id_length=min_id_length, flush_timeout_s=flush_timeout_s,
+            request_timeout_s=request_timeout_s, gzip=gzip, ca_certs=ca_certs, plan=plan,
+            ingestion_metadata=ingestion_metadata, enabled=enabled,
+        )
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError("retry: must have a send_events_with_retry(events, deadline) method")
+        self._retry: Retry = retry if retry is not None else RetryHandler()
+        self._overflow_arg = overflow
+        self._sinks: tuple[OverflowSink, ...] | None = (
+            None if overflow is DEFAULT_OVERFLOW else _check_sinks(overflow))
+        self._middleware = tuple(middleware)
+        for fn in self._middleware:
+            if not callable(fn):
+                raise ConfigError(f"middleware: every entry must be callable, got {fn!r}")
+        self._encoder = EventEncoder(self.config)
+        self._transport = transport
+        self._transport_lock = threading.Lock()
+        self._buffer = EventBuffer()
+        self._scope: ContextVar[EventBuffer | None] = ContextVar(
+            f"amp_lite_scope_{id(self)}", default=None)
+
+    def __repr__(self) -> str:
+        key = "set" if self.config.api_key else "missing"
+        return (f"Amplitude(server_url={self.config.server_url!r}, api_key=<{key}>, "
+                f"enabled={self.config.enabled})")
+
+    # -- tracking ---------------------------------------------------------------------------
+
+    def track(
+        self,
+        event_type: str | Event,
+        *,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        event_properties: Mapping[str, Any] | None = None,
+        user_properties: Mapping[str, Any] | None = None,
+        groups: Mapping[str, Any] | None = None,
+        time: int | None = None,
+        insert_id: str | None = None,
+        **fields: Any,
+    ) -> str | None:
+        """Validate, stamp and buffer one event. Returns its insert_id (None when disabled or
+        dropped by middleware). Raises InvalidEventError naming the field and the rule."""
+        if not self.config.enabled:
+            return None
+        named = {"user_id": user_id, "device_id": device_id, "event_properties": event_properties,
+                 "user_properties": user_properties, "groups": groups, "time": time,
+                 "insert_id": insert_id, **fields}
+        if isinstance(event_type, Event):
+            if any(v is not None for v in named.values()):
+                raise InvalidEventError("track: pass either an Event or keyword fields, not both")
+            return self._accept(event_type.event_type, event_type.fields)
+        return self._accept(event_type, named)
+
+    def identify(self, identify: Identify, *, user_id: str | None = None,
+                 device_id: str | None = None, **fields: Any) -> str | None:
+        """Update user properties (an `$identify` event)."""
+        if not self.config.enabled:
+            return None
+        _check_identify(identify, "identify")
+        return self._accept(IDENTIFY_EVENT, {**fields, "user_id": user_id, "device_id": device_id,
+                                             "user_properties": identify.user_properties})
+
+    def group_identify(self, group_type: str, group_name: str | list[str], identify: Identify, *,
+                       user_id: str | None = None, device_id: str | None = None,
+                       **fields: Any) -> str | None:
+        """Update a group's properties (a `$groupidentify` event)."""
+        if not self.config.enabled:
+            return None
+        _check_group(group_type, group_name)
+        _check_identify(identify, "group_identify")
+        return self._accept(GROUP_IDENTIFY_EVENT, {
+            **fields, "user_id": user_id, "device_id": device_id,
+            "groups": {group_type: group_name}, "group_properties": identify.user_properties})
+
+    def set_group(self, group_type: str, group_name: str | list[str], *,
+                  user_id: str | None = None, device_id: str | None = None,
+                  **fields: Any) -> str | None:
+        """Put a user in a group (an `$identify` event setting the group as a user property)."""
+        if not self.config.enabled:
+            return None
+        _check_group(group_type, group_name)
+        return self._accept(IDENTIFY_EVENT, {
+            **fields, "user_id": user_id, "device_id": device_id,
+            "groups": {group_type: group_name},
+            "user_properties": {OP_SET: {group_type: group_name}}})
+
+    def revenue(self, revenue: Revenue, *, user_id: str | None = None,
+                device_id: str | None = None, **fields: Any) -> str | None:
+        """Record a purchase (a `revenue_amount` event with `$`-prefixed properties)."""
+        if not self.config.enabled:
+            return None
+        if not isinstance(revenue, Revenue):
+            raise InvalidEventError(f"revenue: must be amp_lite.Revenue, got {type(revenue).__name__}")
+        return self._accept(REVENUE_EVENT, {**fields, "user_id": user_id, "device_id": device_id,
+                                            "event_properties": revenue.event_properties()})
+
+    @property
+    def pending(self) -> int:
+        """Events buffered in the current scope (or the client's own buffer outside scopes)."""
+        return len(self._current_buffer())
+
+    def _accept(self, event_type: Any, fields: Mapping[str, Any]) -> str | None:
+        event: dict[str, Any] | None = self._encoder.stamp(event_type, fields)
+        for middleware in self._middleware:
+            event = middleware(event)  # type: ignore[arg-type]
+            if event is None:
+                logger.debug("amp_lite: an event was dropped by middleware")
+                return None
+        buffered = self._encoder.encode(event)
+        self._current_buffer().append(buffered)
+        return buffered.insert_id
+
+    def _current_buffer(self) -> EventBuffer:
+        return self._scope.get() or self._buffer
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    def flush(self, *, timeout_s: float | None = None) -> DeliveryReport:
+        """Send the current buffer (and spilled events, when time allows), synchronously.
+
+        Returns within `timeout_s` (default `flush_timeout_s`). Raises ConfigError, keeping the
+        events buffered, when no API key is configured; never raises for delivery problems.
+        """
+        budget = (self.config.flush_timeout_s if timeout_s is None
+                  else _positive_seconds(timeout_s, "timeout_s"))
+        return self.flush_buffer(self._current_buffer(), Deadline.after(budget))
+
+    def invocation(self, *, timeout_s: float | None = None,
+                   remaining_time_ms: Callable[[], int] | None = None,
+                   margin_ms: float = 0.0) -> Invocation:
+        """A scope with its own buffer, flushed when the `with` block exits.
+
+        The flush deadline is the smaller of `flush_timeout_s` and what is left of the
+        invocation minus `margin_ms`: `remaining_time_ms()` when given (Lambda's context
+        method), else `timeout_s` measured from the start of the block.
+        """
+        return Invocation(self, timeout_s=timeout_s, remaining_time_ms=remaining_time_ms,
+                          margin_ms=margin_ms)
+
+    def close(self) -> None:
+        """Close pooled connections. The client stays usable (a new pool opens on demand)."""
+        with self._transport_lock:
+            close = getattr(self._transport, "close", None)
+            if callable(close):
+                close()
+
+    def flush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
+                     raise_config_error: bool = True) -> DeliveryReport:
+        started = time.monotonic()
+        if not self.config.enabled:
+            return DeliveryReport()
+        events = buffer.drain()
+        tally = Tally(tracked=len(events))
+        try:
+            sender = self._sender()
+        except ConfigError:
+            if raise_config_error:
+                buffer.put_back(events)
+                raise
+            if events:
+                logger.error("amp_lite: %d events dropped: no API key (set AMPLITUDE_API_KEY)",
+                             len(events))
+            tally.dropped[r.DROPPED_CONFIG] += len(events)
+            return self._finish(tally, started)
+        try:
+            self._deliver(events, deadline, sender, tally)
+        except Exception:  # a bug of ours must not lose events silently or reach the handler
+            logger.exception("amp_lite: internal error during flush")
+            settled = (tally.delivered + sum(tally.rejected.values())
+                       + sum(tally.overflowed.values()) + sum(tally.dropped.values()))
+            tally.dropped[r.DROPPED_INTERNAL] += tally.tracked + tally.recovered - settled
+        return self._finish(tally, started)
+
+    def _finish(self, tally: Tally, started: float) -> DeliveryReport:
+        report = tally.report(elapsed_ms=(time.monotonic() - started) * 1000)
+        if report.tracked or report.recovered:
+            logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
+        return report
+
+    def _deliver(self, events: list[BufferedEvent], deadline: Deadline, sender: Sender,
+                 tally: Tally) -> None:
+        sinks = self._overflow_sinks(sender.api_key)
+        claim = self._claim_spill(sinks, deadline)
+        recovered = claim.events if claim else []
+        tally.recovered = len(recovered)
+        batch = recovered + events
+        if not batch:
+            if claim:
+                claim.complete()
+            return
+        retry = self._retry.bind(sender) if isinstance(self._retry, BaseRetryHandler) else self._retry
+        reserve = sum(sink.reserve_s for sink in sinks)
+        outcome = retry.send_events_with_retry(batch, deadline.shortened_by(reserve))
+        self._settle(outcome, len(batch), deadline, sender, sinks, tally)
+        if claim:
+            claim.complete()
+
+    def _settle(self, outcome: SendOutcome, sent: int, deadline: Deadline, sender: Sender,
+                sinks: tuple[OverflowSink, ...], tally: Tally) -> None:
+        tally.attempts += outcome.attempts
+        tally.delivered += len(outcome.delivered)
+        for reason, rejected in outcome.rejected.items():
+            tally.rejected[reason] += len(rejected)
+        for reason, unsettled in outcome.unsettled.items():
+            tally.deadline_hit |= reason == r.UNSETTLED_DEADLINE
+            for chunk in sender.batches(unsettled):
+                self._overflow(chunk, reason, outcome.attempts, deadline, sinks, tally)
+        settled = len(outcome.delivered) + sum(map(len, outcome.rejected.values())) + sum(
+            map(len, outcome.unsettled.values()))
+        if settled != sent:  # a custom strategy lost track of events: count them, loudly
+            logger.error("amp_lite: retry strategy accounted for %d of %d events", settled, sent)
+            tally.dropped[r.DROPPED_INTERNAL] += sent - settled
+
+    def _overflow(self, events: list[BufferedEvent], reason: str, attempts: int,
+                  deadline: Deadline, sinks: tuple[OverflowSink, ...], tally: Tally) -> None:
+        for sink in sinks:
+            try:
+                sink.write(events, reason=reason, attempts=attempts, deadline=deadline)
+            except OverflowWriteError as exc:
+                logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)
+                continue
+            except Exception:
+                logger.exception("amp_lite: overflow sink %s raised", sink.name)
+                continue
+            tally.overflowed[reason] += len(events)
+            tally.overflowed_to[sink.name] += len(events)
+            return
+        dropped = r.DROPPED_SINK_FAILED if sinks else r.DROPPED_NO_SINK
+        tally.dropped[dropped] += len(events)
+        logger.error("amp_lite: %d events dropped (%s, not delivered: %s)", len(events), dropped,
+                     reason)
+
+    def _claim_spill(self, sinks: tuple[OverflowSink, ...], deadline: Deadline) -> SpillClaim | None:
+        if deadline.remaining_s() < RECOVERY_MIN_BUDGET_S:
+            return None
+        for sink in sinks:
+            if isinstance(sink, RecoverableSink):
+                try:
+                    return sink.claim(max_events=self.config.max_request_events)
+                except OSError:
+                    logger.warning("amp_lite: could not read the spill of %s", sink.name)
+        return None
+
+    def _overflow_sinks(self, api_key: str) -> tuple[OverflowSink, ...]:
+        if self._sinks is None:
+            self._sinks = (default_spill(api_key, self.config.server_url),)
+        return self._sinks
+
+    def _sender(self) -> Sender:
+        api_key = self.config.require_api_key()
+        with self._transport_lock:
+            if self._transport is None:
+                from .transport import HttpTransport  # urllib3 loads on the first send
+                self._transport = HttpTransport(self.config.server_url, gzip=self.config.gzip,
+                                                ca_certs=self.config.ca_certs)
+            transport = self._transport
+        return Sender(transport=transport, api_key=api_key,
+                      min_id_length=self.config.min_id_length,
+                      max_events=self.config.max_request_events,
+                      max_bytes=self.config.max_request_bytes,
+                      request_timeout_s=self.config.request_timeout_s)
+
+
+class Invocation:
+    """A per-invocation scope (a context manager): its own buffer, flushed at exit.
+
+    The flush at exit never raises: problems are logged and counted in `report`.
+    """
+
+    def __init__(self, client: Amplitude, *, timeout_s: float | None,
+                 remaining_time_ms: Callable[[], int] | None, margin_ms: float) -> None:
+        if timeout_s is not None:
+            _positive_seconds(timeout_s, "timeout_s")
+        self.client = client
+        self.buffer = EventBuffer()
+        self.report: DeliveryReport | None = None
+        self._timeout_s = timeout_s
+        self._remaining_time_ms = remaining_time_ms
+        self._margin_s = max(0.0, margin_ms) / 1000
+        self._started = 0.0
+        self._token: Any = None
+
+    def __enter__(self) -> Invocation:
+        self._started = time.monotonic()
+        self._token = self.client._scope.set(self.buffer)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.client._scope.reset(self._token)
+        except ValueError:  # exited in another context than entered: nothing to restore
+            pass
+        self.report = self.flush()
+
+    def flush(self) -> DeliveryReport:
+        """Flush this scope's buffer now, within what is left of the invocation."""
+        try:
+            return self.client.flush_buffer(self.buffer, self.flush_deadline(),
+                                            raise_config_error=False)
+        except Exception:
+            logger.exception("amp_lite: flush at the end of an invocation failed")
+            lost = len(self.buffer.drain())
+            return DeliveryReport(tracked=lost, dropped=lost,
+                                  dropped_reasons={r.DROPPED_INTERNAL: lost} if lost else {})
+
+    def flush_deadline(self) -> Deadline:
+        budget = self.client.config.flush_timeout_s
+        left: float | None = None
+        if self._remaining_time_ms is not None:
+            left = self._remaining_time_ms() / 1000
+        elif self._timeout_s is not None:
+            left = self._timeout_s - (time.monotonic() - self._started)
+        if left is not None:
+            budget = min(budget, left - self._margin_s)
+        return Deadline.after(max(0.0, budget))
+
+
+def default_spill(api_key: str, server_url: str) -> LocalSpill:
+    """The default overflow: a spill directory per (API key, server), under AMP_LITE_SPILL_DIR
+    or the system temp directory. The directory name is a hash: the key never appears in it."""
+    root = os.environ.get(ENV_SPILL_DIR) or os.path.join(tempfile.gettempdir(), "amp-lite-spill")
+    digest = hashlib.sha256(f"{api_key}\n{server_url}".encode()).hexdigest()[:16]
+    return LocalSpill(Path(root) / digest)
+
+
+def _check_sinks(overflow: Any) -> tuple[OverflowSink, ...]:
+    if overflow is None:
+        return ()
+    sinks = tuple(overflow) if isinstance(overflow, (list, tuple)) else (overflow,)
+    for sink in sinks:
+        if not isinstance(sink, OverflowSink):
+            raise ConfigError(f"overflow: {sink!r} is not an overflow sink (needs name, "
+                              "reserve_s and write(events, *, reason, attempts, deadline))")
+    return sinks
+
+
+def _check_identify(identify: Any, method: str) -> None:
+    if not isinstance(identify, Identify):
+        raise InvalidEventError(f"{method}: identify must be amp_lite.Identify, "
+                                f"got {type(identify).__name__}")
+    if identify.is_empty():
+        raise InvalidEventError(f"{method}: the Identify has no operations")
+
+
+def _check_group(group_type: Any, group_name: Any) -> None:
+    if not isinstance(group_type, str) or not group_type:
+        raise InvalidEventError(f"group_type: must be a non-empty string, got {group_type!r}")
+    names = group_name if isinstance(group_name, list) else [group_name]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise InvalidEventError("group_name: must be a non-empty string or a list of them, "
+                                f"got {group_name!r}")

@@ -1,0 +1,27 @@
+"""The error model: one root, and a subclass for each way things go wrong."""
+
+from __future__ import annotations
+
+
+class AmpLiteError(Exception):
+    """Root of every error amp_lite raises."""
+
+
+class ConfigError(AmpLiteError):
+    """The client is misconfigured: the message names the argument or environment variable."""
+
+
+class InvalidEventError(AmpLiteError, ValueError):
+    """An event was refused by `track()`: the message names the field and the rule it broke."""
+
+
+class TransportError(AmpLiteError):
+    """A request to Amplitude did not produce a usable reply (timeout, connection, bad body)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class OverflowWriteError(AmpLiteError):
+    """An overflow sink could not take the events it was given."""

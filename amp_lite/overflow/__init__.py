@@ -1,0 +1,33 @@
+"""Overflow sinks: where events go that could not be delivered within a flush's budget.
+
+A sink has a `name` (used in reports), a `reserve_s` (time the flush keeps back for writing to
+it) and `write(events, *, reason, attempts, deadline)`, which raises OverflowWriteError when it
+cannot take them. A sink that the next flush can read back from (the local spill) also has
+`claim(max_events=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ..deadline import Deadline
+from ..wire import BufferedEvent
+from .local import LocalSpill, SpillClaim
+
+
+@runtime_checkable
+class OverflowSink(Protocol):
+    name: str
+    reserve_s: float
+
+    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
+              deadline: Deadline) -> None: ...
+
+
+@runtime_checkable
+class RecoverableSink(OverflowSink, Protocol):
+    def claim(self, *, max_events: int) -> SpillClaim | None: ...
+
+
+__all__ = ["LocalSpill", "OverflowSink", "RecoverableSink", "SpillClaim"]

@@ -1,0 +1,133 @@
+"""What a reply from Amplitude means for each event of the batch that was sent.
+
+Pure logic: `classify(reply, batch)` decides, per event, delivered / rejected / throttled / retry,
+following reference/amplitude-http-api.md section 4.3. The strategy in `retry` decides when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import report as r
+from .wire import BufferedEvent
+
+# Index lists in a 400 body that name invalid events (reference section 4.1).
+_INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields",
+                       "events_with_invalid_id_lengths")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP exchange. `error` is set when no usable reply came back."""
+
+    status: int | None  # the body's "code" when it is an int, else the HTTP status
+    body: Mapping[str, Any] | None = None
+    error: str | None = None  # timeout, connection, protocol, bad_response
+    retry_after_s: float | None = None
+
+
+@dataclass
+class Verdict:
+    delivered: list[BufferedEvent] = field(default_factory=list)
+    rejected: dict[str, list[BufferedEvent]] = field(default_factory=dict)
+    unsettled: dict[str, list[BufferedEvent]] = field(default_factory=dict)
+    retry: list[BufferedEvent] = field(default_factory=list)
+    backoff: bool = False  # wait before retrying: the server or the network is in trouble
+    split: bool = False  # retry `retry` as two halves (413, or a 400 naming no index)
+    retry_after_s: float | None = None  # the server's Retry-After, if it sent one
+    note: str = ""  # for logs: a status and a reason, never event contents or the key
+
+
+def classify(reply: Reply, batch: Sequence[BufferedEvent]) -> Verdict:
+    status, body = reply.status, reply.body or {}
+    if reply.error is not None:
+        return Verdict(retry=list(batch), backoff=True, note=reply.error)
+    if status is None:
+        return Verdict(retry=list(batch), backoff=True, note="no status")
+    if 200 <= status < 300:
+        if reply.body is None:  # a 2xx that is not Amplitude's JSON: we cannot trust it
+            return Verdict(retry=list(batch), backoff=True, note=f"{status} without a JSON body")
+        return Verdict(delivered=list(batch), note=str(status))
+    if status == 400:
+        return _bad_request(body, batch)
+    if status == 403:
+        return Verdict(rejected={r.REJECTED_FORBIDDEN: list(batch)}, note="403 forbidden")
+    if status == 413:
+        if len(batch) == 1:
+            return Verdict(rejected={r.REJECTED_TOO_LARGE: list(batch)}, note="413 single event")
+        return Verdict(retry=list(batch), split=True, note="413 payload too large")
+    if status == 429:
+        return _throttled(body, batch)
+    if status == 408 or status >= 500:
+        return Verdict(retry=list(batch), backoff=True, note=str(status),
+                       retry_after_s=reply.retry_after_s)
+    return Verdict(unsettled={r.UNSETTLED_HTTP_ERROR: list(batch)}, note=f"unexpected {status}")
+
+
+def _bad_request(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> Verdict:
+    error = str(body.get("error", ""))
+    if error.startswith("Invalid API key"):
+        return Verdict(rejected={r.REJECTED_API_KEY: list(batch)}, note="400 invalid API key")
+    if body.get("missing_field"):
+        return Verdict(rejected={r.REJECTED_MISSING_FIELD: list(batch)},
+                       note=f"400 missing field {str(body['missing_field'])[:40]}")
+    invalid = _indices(body, batch)
+    if invalid:
+        return Verdict(
+            rejected={r.REJECTED_INVALID: [e for i, e in enumerate(batch) if i in invalid]},
+            retry=[e for i, e in enumerate(batch) if i not in invalid],
+            note=f"400 with {len(invalid)} invalid events")
+    if len(batch) == 1:
+        return Verdict(rejected={r.REJECTED_BAD_REQUEST: list(batch)}, note="400 single event")
+    # A 400 that names no event: halve the batch until the bad event is alone.
+    return Verdict(retry=list(batch), split=True, note="400 naming no event")
+
+
+def _indices(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> set[int]:
+    found: set[int] = set()
+    for key in _INVALID_INDEX_KEYS:
+        groups = body.get(key)
+        if isinstance(groups, Mapping):
+            for indices in groups.values():
+                found.update(_int_list(indices))
+    found.update(_int_list(body.get("silenced_events")))
+    return {i for i in found if 0 <= i < len(batch)}
+
+
+def _int_list(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]  # HTTP V2 docs describe "the index of the first event"
+    if isinstance(value, list):
+        return [i for i in value if isinstance(i, int) and not isinstance(i, bool)]
+    return []
+
+
+def _throttled(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> Verdict:
+    quota_users = _keys(body.get("exceeded_daily_quota_users"))
+    quota_devices = _keys(body.get("exceeded_daily_quota_devices"))
+    throttled = {i for i in _int_list(body.get("throttled_events")) if 0 <= i < len(batch)}
+    if not throttled:  # no indices: fall back to the throttled ids, else everything
+        users, devices = _keys(body.get("throttled_users")), _keys(body.get("throttled_devices"))
+        throttled = {i for i, e in enumerate(batch)
+                     if e.user_id in users or e.device_id in devices
+                     or e.user_id in quota_users or e.device_id in quota_devices}
+        throttled = throttled or set(range(len(batch)))
+    verdict = Verdict(note=f"429 with {len(throttled)} throttled events")
+    for i, event in enumerate(batch):
+        if i not in throttled:
+            verdict.retry.append(event)  # not throttled: retried at once
+        elif event.user_id in quota_users or event.device_id in quota_devices:
+            verdict.rejected.setdefault(r.REJECTED_DAILY_QUOTA, []).append(event)
+        else:  # Amplitude asks for a 30 s pause: longer than an invocation should wait
+            verdict.unsettled.setdefault(r.UNSETTLED_THROTTLED, []).append(event)
+    return verdict
+
+
+def _keys(value: Any) -> frozenset[str]:
+    if isinstance(value, Mapping):
+        return frozenset(k for k in value if isinstance(k, str))
+    if isinstance(value, list):
+        return frozenset(k for k in value if isinstance(k, str))
+    return frozenset()

@@ -1,0 +1,34 @@
+"""A Sender binds a transport to one API key and the request limits: what a strategy sends with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .deadline import Deadline
+from .response import Reply
+from .wire import BufferedEvent, encode_request, request_overhead, split_batches
+
+
+class Transport(Protocol):
+    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sender:
+    transport: Transport
+    api_key: str = field(repr=False)
+    min_id_length: int | None
+    max_events: int
+    max_bytes: int
+    request_timeout_s: float
+
+    def batches(self, events: Sequence[BufferedEvent]) -> Iterator[list[BufferedEvent]]:
+        """`events` cut into requests Amplitude accepts (count and byte limits)."""
+        return split_batches(events, max_events=self.max_events, max_bytes=self.max_bytes,
+                             overhead=request_overhead(self.api_key, self.min_id_length))
+
+    def send(self, batch: Sequence[BufferedEvent], deadline: Deadline) -> Reply:
+        body = encode_request(self.api_key, batch, self.min_id_length)
+        return self.transport.post(body, timeout_s=self.request_timeout_s, deadline=deadline)

@@ -1,0 +1,146 @@
+"""HTTP to Amplitude over urllib3: the only module that imports it.
+
+One PoolManager per client keeps TLS connections alive across warm invocations. Every attempt
+is bounded by the flush deadline, including the reading of the reply body. Foreign errors are
+translated here into a Reply with an `error` kind.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import json
+import logging
+import os
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from ._version import LIBRARY
+from .config import GZIP_MIN_BYTES
+from .deadline import Deadline
+from .response import Reply
+
+logger = logging.getLogger("amp_lite")
+
+MAX_RESPONSE_BYTES = 64 * 1024  # Amplitude's replies are a few hundred bytes; more is hostile
+READ_CHUNK_BYTES = 8 * 1024
+POOL_MAXSIZE = 10  # concurrent requests kept alive (Cloud Functions gen2 serves many at once)
+GZIP_LEVEL = 6
+
+
+class HttpTransport:
+    """POSTs request bodies to one URL with certificate verification always on."""
+
+    def __init__(self, url: str, *, gzip: bool, ca_certs: str | None = None) -> None:
+        self.url = url
+        self._gzip = gzip
+        # ca_certs, else the standard SSL_CERT_FILE, else the system store: never unverified.
+        bundle = ca_certs or os.environ.get("SSL_CERT_FILE") or None
+        self._pool = urllib3.PoolManager(
+            num_pools=2, maxsize=POOL_MAXSIZE, block=False, retries=False,
+            cert_reqs="CERT_REQUIRED", ca_certs=bundle,
+        )
+
+    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
+        headers = {"Content-Type": "application/json; charset=UTF-8", "Accept": "*/*",
+                   "User-Agent": LIBRARY}
+        if self._gzip and len(body) >= GZIP_MIN_BYTES:
+            body = gzip_module.compress(body, compresslevel=GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        reply = self._attempt(body, headers, timeout_s, deadline)
+        if reply.error == "connection_dropped" and deadline.remaining_s() > 0:
+            # A kept-alive connection closed by the server (often while the sandbox was frozen)
+            # fails before any reply: resend at once on a fresh connection, no backoff.
+            logger.debug("amp_lite: connection dropped before a reply; resending at once")
+            reply = self._attempt(body, headers, timeout_s, deadline)
+        return reply
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def _attempt(self, body: bytes, headers: dict[str, str], timeout_s: float,
+                 deadline: Deadline) -> Reply:
+        budget = deadline.clamp(timeout_s)
+        if budget <= 0:
+            return Reply(None, error="timeout")
+        try:
+            response = self._pool.request(
+                "POST", self.url, body=body, headers=headers, redirect=False, retries=False,
+                timeout=urllib3.Timeout(connect=budget, read=budget), preload_content=False,
+            )
+        except (ConnectTimeoutError, ReadTimeoutError):
+            return Reply(None, error="timeout")
+        except SSLError:
+            return Reply(None, error="tls")
+        except NewConnectionError:
+            return Reply(None, error="connection")
+        except ProtocolError:
+            return Reply(None, error="connection_dropped")
+        except (HTTPError, OSError) as exc:
+            return Reply(None, error=f"protocol:{type(exc).__name__}")
+        return _read_reply(response, deadline)
+
+
+def _read_reply(response: Any, deadline: Deadline) -> Reply:
+    """Read the body within the deadline and the size cap; decide the status."""
+    data = bytearray()
+    try:
+        while True:
+            remaining = deadline.remaining_s()
+            if remaining <= 0:
+                return _discard(response, "timeout")
+            _set_socket_timeout(response, remaining)
+            chunk = response.read(READ_CHUNK_BYTES)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_RESPONSE_BYTES:
+                return _discard(response, "response_too_large")
+    except ReadTimeoutError:
+        return _discard(response, "timeout")
+    except (HTTPError, OSError) as exc:
+        return _discard(response, f"protocol:{type(exc).__name__}")
+    response.release_conn()
+    body = _json_object(bytes(data))
+    code = body.get("code") if body is not None else None
+    status = code if isinstance(code, int) and not isinstance(code, bool) else response.status
+    return Reply(status, body, retry_after_s=_retry_after(response.headers.get("Retry-After")))
+
+
+def _discard(response: Any, error: str) -> Reply:
+    """Give up on a reply: close its connection so a half-read body is never reused."""
+    response.close()
+    response.release_conn()
+    return Reply(None, error=error)
+
+
+def _set_socket_timeout(response: Any, seconds: float) -> None:
+    # A server trickling its body one byte at a time would stretch a per-read timeout
+    # indefinitely; re-arming the socket timeout before each read keeps the total bounded.
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86_400 else None

@@ -1,0 +1,284 @@
+"""Validation, coercion and encoding of events at `track()` time (invariant I8).
+
+A bad event raises InvalidEventError naming the field and the rule before anything is buffered.
+Values JSON can carry unambiguously are coerced (documented in the README):
+datetime/date/time -> ISO-8601 string, Decimal -> float, set/frozenset/tuple -> list,
+Enum -> its value, UUID -> string, strings over 1024 characters -> truncated (debug log),
+`None` property values at the top level of a properties object -> left out (as the official SDK).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from ._version import LIBRARY
+from .config import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH, ClientConfig
+from .errors import InvalidEventError
+from .event import GROUP_IDENTIFY_EVENT
+from .wire import BufferedEvent, request_overhead
+
+logger = logging.getLogger("amp_lite")
+
+# Python keyword -> wire name, where they differ (reference section 2, "Wire-name gotchas").
+WIRE_NAMES = {
+    "product_id": "productId",
+    "revenue_type": "revenueType",
+    "skip_user_properties_sync": "$skip_user_properties_sync",
+}
+
+STRING_FIELDS = frozenset({
+    "user_id", "device_id", "user_agent", "app_version", "platform", "os_name", "os_version",
+    "device_brand", "device_manufacturer", "device_model", "carrier", "country", "region", "city",
+    "dma", "language", "productId", "revenueType", "currency", "ip", "idfa", "idfv", "adid",
+    "android_id", "android_app_set_id", "insert_id", "partner_id", "version_name",
+})
+INT_FIELDS = frozenset({"time", "event_id", "session_id", "quantity"})
+FLOAT_FIELDS = frozenset({"price", "revenue", "location_lat", "location_lng"})
+PROPERTY_FIELDS = frozenset({"event_properties", "user_properties", "group_properties"})
+MAPPING_FIELDS = frozenset({"groups", "plan", "ingestion_metadata"})
+BOOL_FIELDS = frozenset({"$skip_user_properties_sync"})
+KNOWN_FIELDS = (STRING_FIELDS | INT_FIELDS | FLOAT_FIELDS | PROPERTY_FIELDS | MAPPING_FIELDS
+                | BOOL_FIELDS | {"event_type", "library"})
+
+# IDs Amplitude answers with 400 (reference section 2.2); compared case-insensitively.
+INVALID_IDS = frozenset({
+    "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", '""',
+    "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",
+})
+
+# `time` must be epoch milliseconds: below this it is almost surely seconds (1973-03-03 in ms).
+MIN_EPOCH_MS = 100_000_000_000
+MAX_EPOCH_MS = 10_000_000_000_000  # year 2286
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def new_insert_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EventEncoder:
+    """Turns (event_type, fields) into a BufferedEvent, or raises InvalidEventError."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._min_id_length = config.min_id_length or 5
+        self._plan = dict(config.plan) if config.plan else None
+        self._metadata = dict(config.ingestion_metadata) if config.ingestion_metadata else None
+        # The largest event that fits a request on its own, with a generous key length.
+        self._max_event_bytes = (config.max_request_bytes
+                                 - request_overhead("k" * 64, config.min_id_length) - 1)
+
+    def stamp(self, event_type: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The event as a dict with wire names, `time` and `insert_id`: what middleware sees."""
+        event: dict[str, Any] = {"event_type": event_type}
+        for key, value in fields.items():
+            if value is not None:
+                event[WIRE_NAMES.get(key, key)] = value
+        event.setdefault("time", now_ms())
+        event.setdefault("insert_id", new_insert_id())
+        if self._plan is not None:
+            event.setdefault("plan", self._plan)
+        if self._metadata is not None:
+            event.setdefault("ingestion_metadata", self._metadata)
+        return event
+
+    def encode(self, event: Mapping[str, Any]) -> BufferedEvent:
+        """Validate and encode a stamped event (after middleware)."""
+        if not isinstance(event, Mapping):
+            raise InvalidEventError(f"event: middleware must return a dict or None, "
+                                    f"got {type(event).__name__}")
+        wire = {key: self._field(key, value) for key, value in event.items() if value is not None}
+        self._check_identity(wire)
+        wire["library"] = LIBRARY
+        raw = _dumps(wire)
+        if len(raw) > self._max_event_bytes:
+            raise InvalidEventError(
+                f"event: encoded size {len(raw)} bytes exceeds what one request can carry "
+                f"({self._max_event_bytes} bytes)")
+        return BufferedEvent(raw, wire["insert_id"], wire.get("user_id"), wire.get("device_id"))
+
+    def _field(self, key: Any, value: Any) -> Any:
+        if key not in KNOWN_FIELDS:
+            raise InvalidEventError(
+                f"{key}: unknown Amplitude event field (Python names: "
+                f"{', '.join(sorted(WIRE_NAMES))} map to {', '.join(sorted(WIRE_NAMES.values()))})")
+        if key == "event_type":
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidEventError(f"event_type: must be a non-empty string, got {value!r}")
+            return _truncate(value, key)
+        if key in STRING_FIELDS:
+            if not isinstance(value, str):
+                raise InvalidEventError(f"{key}: must be a string, got {type(value).__name__}")
+            return _truncate(value, key)
+        if key in INT_FIELDS:
+            return _integer(value, key)
+        if key in FLOAT_FIELDS:
+            return _finite_number(value, key)
+        if key in BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise InvalidEventError(f"{key}: must be true or false, got {value!r}")
+            return value
+        if key == "library":
+            return value  # always replaced by amp-lite/<version>
+        if not isinstance(value, Mapping):
+            raise InvalidEventError(f"{key}: must be a dict, got {type(value).__name__}")
+        if key in PROPERTY_FIELDS:
+            return {k: v for k, v in _normalise(value, key, 1, set()).items() if v is not None}
+        return _normalise(value, key, 1, set())
+
+    def _check_identity(self, wire: dict[str, Any]) -> None:
+        if "event_type" not in wire:
+            raise InvalidEventError("event_type: required")
+        time_ms = wire["time"]
+        if not MIN_EPOCH_MS <= time_ms < MAX_EPOCH_MS:
+            raise InvalidEventError(
+                f"time: must be epoch milliseconds (e.g. {now_ms()}), got {time_ms} "
+                "(seconds? multiply by 1000)")
+        if not wire["insert_id"]:
+            raise InvalidEventError("insert_id: must be a non-empty string")
+        has_id = False
+        for id_field in ("user_id", "device_id"):
+            value = wire.get(id_field)
+            if value is None:
+                continue
+            if len(value) < self._min_id_length:
+                raise InvalidEventError(
+                    f"{id_field}: must be at least {self._min_id_length} characters "
+                    f"(min_id_length), got {len(value)}")
+            if value.strip().lower() in INVALID_IDS:
+                raise InvalidEventError(
+                    f"{id_field}: {value!r} is on Amplitude's list of invalid ids")
+            has_id = True
+        if not has_id and wire["event_type"] != GROUP_IDENTIFY_EVENT:
+            raise InvalidEventError("user_id/device_id: an event needs at least one of them")
+
+
+def _dumps(wire: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(wire, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        path = _find_unencodable(wire, "event")
+        raise InvalidEventError(f"{path}: string is not valid Unicode "
+                                "(lone surrogate); it cannot be sent as UTF-8") from None
+
+
+def _find_unencodable(value: Any, path: str) -> str:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return ""
+    items: Any = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        label = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
+        found = _find_unencodable(key, label) if isinstance(key, str) else ""
+        found = found or _find_unencodable(item, label)
+        if found:
+            return found
+    return ""
+
+
+def _truncate(value: str, path: str) -> str:
+    if len(value) <= MAX_STRING_LENGTH:
+        return value
+    logger.debug("amp_lite: %s truncated from %d to %d characters", path, len(value),
+                 MAX_STRING_LENGTH)
+    return value[:MAX_STRING_LENGTH]
+
+
+def _integer(value: Any, path: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidEventError(f"{path}: must be an integer, got a bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    raise InvalidEventError(f"{path}: must be an integer (or an integral float), got {value!r}")
+
+
+def _finite_number(value: Any, path: str) -> float | int:
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEventError(f"{path}: must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEventError(f"{path}: NaN and Infinity cannot be sent (JSON has no such value)")
+    return value
+
+
+def _normalise(value: Any, path: str, depth: int, active: set[int]) -> Any:
+    """A JSON-ready copy of a property value, or InvalidEventError naming the path."""
+    kind = type(value)
+    if kind is str:
+        return _truncate(value, path)
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return _finite_number(value, path)
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        if depth > MAX_PROPERTY_DEPTH:
+            raise InvalidEventError(f"{path}: nested deeper than {MAX_PROPERTY_DEPTH} levels")
+        marker = id(value)
+        if marker in active:
+            raise InvalidEventError(f"{path}: refers to itself (a cycle cannot be sent as JSON)")
+        active.add(marker)
+        try:
+            if isinstance(value, Mapping):
+                return _normalise_mapping(value, path, depth, active)
+            items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+            return [_normalise(item, f"{path}[{i}]", depth + 1, active)
+                    for i, item in enumerate(items)]
+        finally:
+            active.discard(marker)
+    return _coerce_scalar(value, path, depth, active)
+
+
+def _normalise_mapping(value: Mapping[Any, Any], path: str, depth: int, active: set[int]) -> Any:
+    result = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidEventError(f"{path}: keys must be strings, got {type(key).__name__} "
+                                    f"key {key!r}")
+        result[_truncate(key, f"{path} key")] = _normalise(item, f"{path}.{key}", depth + 1, active)
+    return result
+
+
+_COERCIONS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (dt.datetime, lambda v: v.isoformat()),
+    (dt.date, lambda v: v.isoformat()),
+    (dt.time, lambda v: v.isoformat()),
+    (uuid.UUID, str),
+)
+
+
+def _coerce_scalar(value: Any, path: str, depth: int, active: set[int]) -> Any:
+    if isinstance(value, enum.Enum):
+        return _normalise(value.value, path, depth, active)
+    if isinstance(value, (str, int, float)):  # subclasses of the JSON scalars
+        base = str if isinstance(value, str) else (float if isinstance(value, float) else int)
+        return _normalise(base(value), path, depth, active)
+    if isinstance(value, Decimal):
+        return _finite_number(value, path)
+    for kind, convert in _COERCIONS:
+        if isinstance(value, kind):
+            return convert(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidEventError(f"{path}: bytes cannot be sent; decode them to a string first")
+    raise InvalidEventError(f"{path}: a {type(value).__name__} cannot be sent; use a string, "
+                            "number, bool, None, list or dict")
