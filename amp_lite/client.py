@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,15 @@ from .config import (
 )
 from .deadline import Deadline
 from .errors import ConfigError, InvalidEventError, OverflowWriteError
-from .event import GROUP_IDENTIFY_EVENT, IDENTIFY_EVENT, OP_SET, REVENUE_EVENT, Event, Identify, Revenue
+from .event import (
+    GROUP_IDENTIFY_EVENT,
+    IDENTIFY_EVENT,
+    OP_SET,
+    REVENUE_EVENT,
+    Event,
+    Identify,
+    Revenue,
+)
 from .overflow import LocalSpill, OverflowSink, RecoverableSink, SpillClaim
 from .report import DeliveryReport, Tally
 from .retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
@@ -173,7 +182,8 @@ class Amplitude:
         if not self.config.enabled:
             return None
         if not isinstance(revenue, Revenue):
-            raise InvalidEventError(f"revenue: must be amp_lite.Revenue, got {type(revenue).__name__}")
+            raise InvalidEventError(
+                f"revenue: must be amp_lite.Revenue, got {type(revenue).__name__}")
         return self._accept(REVENUE_EVENT, {**fields, "user_id": user_id, "device_id": device_id,
                                             "event_properties": revenue.event_properties()})
 
@@ -183,18 +193,20 @@ class Amplitude:
         return len(self._current_buffer())
 
     def _accept(self, event_type: Any, fields: Mapping[str, Any]) -> str | None:
-        event: dict[str, Any] | None = self._encoder.stamp(event_type, fields)
+        event = self._encoder.stamp(event_type, fields)
         for middleware in self._middleware:
-            event = middleware(event)  # type: ignore[arg-type]
-            if event is None:
+            changed = middleware(event)
+            if changed is None:
                 logger.debug("amp_lite: an event was dropped by middleware")
                 return None
+            event = changed
         buffered = self._encoder.encode(event)
         self._current_buffer().append(buffered)
         return buffered.insert_id
 
     def _current_buffer(self) -> EventBuffer:
-        return self._scope.get() or self._buffer
+        scope = self._scope.get()
+        return self._buffer if scope is None else scope
 
     # -- flushing ---------------------------------------------------------------------------
 
@@ -271,7 +283,8 @@ class Amplitude:
             if claim:
                 claim.complete()
             return
-        retry = self._retry.bind(sender) if isinstance(self._retry, BaseRetryHandler) else self._retry
+        retry = (self._retry.bind(sender) if isinstance(self._retry, BaseRetryHandler)
+                 else self._retry)
         reserve = sum(sink.reserve_s for sink in sinks)
         outcome = retry.send_events_with_retry(batch, deadline.shortened_by(reserve))
         self._settle(outcome, len(batch), deadline, sender, sinks, tally)
@@ -313,7 +326,8 @@ class Amplitude:
         logger.error("amp_lite: %d events dropped (%s, not delivered: %s)", len(events), dropped,
                      reason)
 
-    def _claim_spill(self, sinks: tuple[OverflowSink, ...], deadline: Deadline) -> SpillClaim | None:
+    def _claim_spill(self, sinks: tuple[OverflowSink, ...],
+                     deadline: Deadline) -> SpillClaim | None:
         if deadline.remaining_s() < RECOVERY_MIN_BUDGET_S:
             return None
         for sink in sinks:
@@ -369,10 +383,8 @@ class Invocation:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # exited in another context: nothing to restore
             self.client._scope.reset(self._token)
-        except ValueError:  # exited in another context than entered: nothing to restore
-            pass
         self.report = self.flush()
 
     def flush(self) -> DeliveryReport:

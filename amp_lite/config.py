@@ -52,7 +52,10 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """Tracking-plan information sent on every event (wire keys: branch, source, version, versionId)."""
+    """Tracking-plan information sent on every event.
+
+    Wire keys: branch, source, version, versionId.
+    """
 
     branch: str | None = None
     source: str | None = None
@@ -67,7 +70,7 @@ class Plan:
 
 @dataclass(frozen=True, kw_only=True)
 class IngestionMetadata:
-    """Where events came from, for Amplitude's ingestion (wire keys: source_name, source_version)."""
+    """Where events came from, for Amplitude's ingestion (source_name, source_version)."""
 
     source_name: str | None = None
     source_version: str | None = None
@@ -186,7 +189,8 @@ def _resolve_flush_timeout(value: float | None, env: Mapping[str, str]) -> float
     try:
         parsed = float(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_FLUSH_TIMEOUT}: must be a number of seconds, got {raw!r}") from None
+        raise ConfigError(
+            f"{ENV_FLUSH_TIMEOUT}: must be a number of seconds, got {raw!r}") from None
     return _positive_seconds(parsed, ENV_FLUSH_TIMEOUT)
 
 

@@ -31,7 +31,8 @@ class Event:
     """One analytics event: an event type plus any Amplitude event fields.
 
     `Event("signup", user_id="user-42", event_properties={"plan": "pro"})`. Field names are the
-    keyword names of `Amplitude.track`; `product_id`/`revenue_type` go out as `productId`/`revenueType`.
+    keyword names of `Amplitude.track`; `product_id` and `revenue_type` go out as `productId`
+    and `revenueType`.
     """
 
     __slots__ = ("event_type", "fields")
@@ -69,7 +70,7 @@ class Identify:
     @property
     def user_properties(self) -> dict[str, Any]:
         """The operations as they go on the wire, e.g. `{"$set": {"plan": "pro"}}`."""
-        return {op: (dict(v) if isinstance(v, dict) else v) for op, v in self._operations.items()}
+        return {op: dict(v) if isinstance(v, dict) else v for op, v in self._operations.items()}
 
     def is_empty(self) -> bool:
         return not self._operations
@@ -105,7 +106,7 @@ class Identify:
         return self._add(OP_UNSET, key, UNSET_VALUE)
 
     def clear_all(self) -> Identify:
-        """Clear every user property (irreversible on Amplitude's side); replaces other operations."""
+        """Clear every user property (irreversible); replaces the operations added so far."""
         self._operations = {OP_CLEAR_ALL: UNSET_VALUE}
         self._keys.clear()
         return self

@@ -39,7 +39,8 @@ def request_suffix(min_id_length: int | None) -> bytes:
     return b'],"options":{"min_id_length":' + str(min_id_length).encode() + b"}}"
 
 
-def encode_request(api_key: str, events: Sequence[BufferedEvent], min_id_length: int | None) -> bytes:
+def encode_request(api_key: str, events: Sequence[BufferedEvent],
+                   min_id_length: int | None) -> bytes:
     """The request body `{"api_key": ..., "events": [...], "options"?: {...}}`."""
     return (request_prefix(api_key) + b",".join(e.raw for e in events)
             + request_suffix(min_id_length))

@@ -8,6 +8,7 @@ Writes are crash-safe (temporary file, fsync, atomic rename). Concurrent flushes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..deadline import Deadline
-from ..errors import OverflowWriteError
+from ..errors import ConfigError, OverflowWriteError
 from ..wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
@@ -45,10 +46,8 @@ class SpillClaim:
 
     def release(self) -> None:
         for claimed, original in self._paths:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 claimed.rename(original)
-            except FileNotFoundError:
-                pass
 
 
 class LocalSpill:
@@ -64,8 +63,8 @@ class LocalSpill:
     def __init__(self, directory: str | os.PathLike[str], *,
                  max_bytes: int = DEFAULT_SPILL_MAX_BYTES) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            from ..errors import ConfigError
-            raise ConfigError(f"LocalSpill max_bytes: must be a positive integer, got {max_bytes!r}")
+            raise ConfigError(
+                f"LocalSpill max_bytes: must be a positive integer, got {max_bytes!r}")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
 
