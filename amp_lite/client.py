@@ -69,7 +69,7 @@ class Amplitude:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Callable[[], str] | None = None,
         *,
         server_zone: str | None = None,
         server_url: str | None = None,
@@ -106,12 +106,14 @@ class Amplitude:
         self._encoder = EventEncoder(self.config)
         self._transport = transport
         self._transport_lock = threading.Lock()
+        self._fetched_api_key: str | None = None
         self._buffer = EventBuffer()
         self._scope: ContextVar[EventBuffer | None] = ContextVar(
             f"amp_lite_scope_{id(self)}", default=None)
 
     def __repr__(self) -> str:
-        key = "set" if self.config.api_key else "missing"
+        key = ("set" if self.config.api_key else
+               "from provider" if self.config.api_key_provider else "missing")
         return (f"Amplitude(server_url={self.config.server_url!r}, api_key=<{key}>, "
                 f"enabled={self.config.enabled})")
 
@@ -222,15 +224,16 @@ class Amplitude:
 
     def invocation(self, *, timeout_s: float | None = None,
                    remaining_time_ms: Callable[[], int] | None = None,
-                   margin_ms: float = 0.0) -> Invocation:
+                   margin_ms: float = 0.0, flush_timeout_s: float | None = None) -> Invocation:
         """A scope with its own buffer, flushed when the `with` block exits.
 
         The flush deadline is the smaller of `flush_timeout_s` and what is left of the
         invocation minus `margin_ms`: `remaining_time_ms()` when given (Lambda's context
-        method), else `timeout_s` measured from the start of the block.
+        method), else `timeout_s` measured from the start of the block. `flush_timeout_s`
+        overrides the client's cap for this scope.
         """
         return Invocation(self, timeout_s=timeout_s, remaining_time_ms=remaining_time_ms,
-                          margin_ms=margin_ms)
+                          margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
 
     def close(self) -> None:
         """Close pooled connections. The client stays usable (a new pool opens on demand)."""
@@ -344,7 +347,7 @@ class Amplitude:
         return self._sinks
 
     def _sender(self) -> Sender:
-        api_key = self.config.require_api_key()
+        api_key = self._api_key()
         with self._transport_lock:
             if self._transport is None:
                 from .transport import HttpTransport  # urllib3 loads on the first send
@@ -358,6 +361,25 @@ class Amplitude:
                       request_timeout_s=self.config.request_timeout_s)
 
 
+    def _api_key(self) -> str:
+        provider = self.config.api_key_provider
+        if self.config.api_key or provider is None:
+            return self.config.require_api_key()
+        with self._transport_lock:
+            if self._fetched_api_key is None:
+                try:
+                    key = provider()
+                except ConfigError:
+                    raise
+                except Exception as exc:  # not retried here; the next flush asks again
+                    raise ConfigError(f"api_key: the key provider failed "
+                                      f"({type(exc).__name__})") from exc
+                if not isinstance(key, str) or not key.strip():
+                    raise ConfigError("api_key: the key provider returned no key")
+                self._fetched_api_key = key
+            return self._fetched_api_key
+
+
 class Invocation:
     """A per-invocation scope (a context manager): its own buffer, flushed at exit.
 
@@ -365,9 +387,12 @@ class Invocation:
     """
 
     def __init__(self, client: Amplitude, *, timeout_s: float | None,
-                 remaining_time_ms: Callable[[], int] | None, margin_ms: float) -> None:
+                 remaining_time_ms: Callable[[], int] | None, margin_ms: float,
+                 flush_timeout_s: float | None = None) -> None:
         if timeout_s is not None:
             _positive_seconds(timeout_s, "timeout_s")
+        self._flush_timeout_s = (client.config.flush_timeout_s if flush_timeout_s is None
+                                 else _positive_seconds(flush_timeout_s, "flush_timeout_s"))
         self.client = client
         self.buffer = EventBuffer()
         self.report: DeliveryReport | None = None
@@ -399,7 +424,7 @@ class Invocation:
                                   dropped_reasons={r.DROPPED_INTERNAL: lost} if lost else {})
 
     def flush_deadline(self) -> Deadline:
-        budget = self.client.config.flush_timeout_s
+        budget = self._flush_timeout_s
         left: float | None = None
         if self._remaining_time_ms is not None:
             left = self._remaining_time_ms() / 1000

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +85,8 @@ class ClientConfig:
     """Everything a client needs to know, resolved and validated. Immutable."""
 
     api_key: str | None = field(default=None, repr=False)
+    # Called once, at the first flush, when the key is not known up front (Secrets Manager, SSM).
+    api_key_provider: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     server_url: str
     gzip: bool
     min_id_length: int | None = None
@@ -107,7 +109,7 @@ class ClientConfig:
 
 def resolve_config(
     *,
-    api_key: str | None,
+    api_key: str | Callable[[], str] | None,
     server_zone: str | None,
     server_url: str | None,
     use_batch: bool,
@@ -123,9 +125,10 @@ def resolve_config(
 ) -> ClientConfig:
     """Merge arguments, environment and defaults; raise ConfigError naming the bad field."""
     env = os.environ if env is None else env
-    key = api_key if api_key is not None else (env.get(ENV_API_KEY) or None)
+    provider = api_key if callable(api_key) else None
+    key = None if provider else api_key if api_key is not None else env.get(ENV_API_KEY) or None
     if key is not None and (not isinstance(key, str) or not key.strip()):
-        raise ConfigError("api_key: must be a non-empty string")
+        raise ConfigError("api_key: must be a non-empty string (or a function returning one)")
     zone = _resolve_zone(server_zone, env)
     url = server_url if server_url is not None else (env.get(ENV_SERVER_URL) or None)
     if url is None:
@@ -136,6 +139,7 @@ def resolve_config(
     is_batch = urlsplit(url).path.rstrip("/").endswith("/batch")
     return ClientConfig(
         api_key=key,
+        api_key_provider=provider,
         server_url=url,
         gzip=(host in AMPLITUDE_HOSTS) if gzip is None else bool(gzip),
         min_id_length=_check_min_id_length(min_id_length),

@@ -1,0 +1,92 @@
+"""`@amplitude_flush`: open an invocation scope around a handler and flush it in `finally`.
+
+Usable bare (`@amplitude_flush`, the default client), with a client (`@amplitude_flush(client)`)
+or with options (`@amplitude_flush(client=..., margin_ms=..., flush_timeout_s=...)`). The
+handler's return value and exception pass through unchanged (invariant I4): the flush at exit
+never raises, and a client that cannot be built is logged, not raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .client import Amplitude, Invocation
+from .default import get_client
+
+logger = logging.getLogger("amp_lite")
+
+# Time kept back between the end of the flush and the platform's deadline: the response still
+# has to be posted, and decorators outside ours (Powertools metrics) still have to run.
+DEFAULT_MARGIN_MS = 500
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+@overload
+def amplitude_flush(handler: Handler, /) -> Handler: ...
+
+
+@overload
+def amplitude_flush(
+    client: Amplitude | None = None, /, *, margin_ms: float = ...,
+    flush_timeout_s: float | None = ...,
+) -> Callable[[Handler], Handler]: ...
+
+
+@overload
+def amplitude_flush(
+    *, client: Amplitude | None = None, margin_ms: float = ...,
+    flush_timeout_s: float | None = ...,
+) -> Callable[[Handler], Handler]: ...
+
+
+def amplitude_flush(
+    target: Any = None, /, *, client: Amplitude | None = None,
+    margin_ms: float = DEFAULT_MARGIN_MS, flush_timeout_s: float | None = None,
+) -> Any:
+    """Flush the handler's events synchronously when it exits, within the remaining time."""
+    if callable(target) and not isinstance(target, Amplitude):
+        return _wrap(target, client, margin_ms, flush_timeout_s)
+    chosen = target if isinstance(target, Amplitude) else client
+
+    def decorate(handler: Handler) -> Handler:
+        return _wrap(handler, chosen, margin_ms, flush_timeout_s)
+
+    return decorate
+
+
+def _wrap(handler: Handler, client: Amplitude | None, margin_ms: float,
+          flush_timeout_s: float | None) -> Handler:
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = _open_scope(client, _remaining_time_fn(args, kwargs), margin_ms, flush_timeout_s)
+        if scope is None:
+            return handler(*args, **kwargs)
+        with scope:
+            return handler(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _open_scope(client: Amplitude | None, remaining: Callable[[], int] | None,
+                margin_ms: float, flush_timeout_s: float | None) -> Invocation | None:
+    try:
+        chosen = client if client is not None else get_client()
+        if remaining is None:
+            logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
+                         "bounded by flush_timeout_s only")
+        return chosen.invocation(remaining_time_ms=remaining, margin_ms=margin_ms,
+                                 flush_timeout_s=flush_timeout_s)
+    except Exception:  # a broken configuration must not break the handler (I4)
+        logger.exception("amp_lite: could not open an invocation scope; events of this "
+                         "invocation go to the client's own buffer")
+        return None
+
+
+def _remaining_time_fn(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], int] | None:
+    context = args[1] if len(args) >= 2 else kwargs.get("context")
+    method = getattr(context, "get_remaining_time_in_millis", None)
+    return method if callable(method) else None
