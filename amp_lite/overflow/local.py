@@ -112,10 +112,12 @@ class LocalSpill:
     def pending_files(self) -> list[Path]:
         """Spilled files waiting to be sent, oldest first (names start with a timestamp)."""
         try:
-            names = sorted(os.listdir(self.directory))
+            names = os.listdir(self.directory)
+            if self._recover_abandoned(names):
+                names = os.listdir(self.directory)  # list again: files were given back
         except FileNotFoundError:
             return []
-        self._recover_abandoned(names)
+        names.sort()
         return [self.directory / n for n in names if n.endswith(SPILL_SUFFIX)
                 and not n.startswith(TMP_PREFIX)]
 
@@ -137,9 +139,11 @@ class LocalSpill:
             claim.attempts = max(claim.attempts, attempts)
         return claim if claim._paths else None
 
-    def _recover_abandoned(self, names: list[str]) -> None:
-        """Give back claims and temporary files left by a process that died mid-flush."""
+    def _recover_abandoned(self, names: list[str]) -> bool:
+        """Give back claims and remove temporary files left by a process that died mid-flush.
+        Returns True when a claim was given back."""
         cutoff = time.time() - STALE_CLAIM_S
+        given_back = False
         for name in names:
             path = self.directory / name
             if CLAIM_MARK not in name and not name.startswith(TMP_PREFIX):
@@ -151,8 +155,10 @@ class LocalSpill:
                     path.unlink()
                 else:
                     path.rename(self.directory / name.split(CLAIM_MARK)[0])
+                    given_back = True
             except FileNotFoundError:
                 continue
+        return given_back
 
 
 def _read_spill_file(path: Path) -> tuple[int, list[BufferedEvent]]:

@@ -376,6 +376,7 @@ def _validate(events: list[Any], min_id_length: int) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the default backlog of 5 drops bursts of concurrent connections
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  fake: FakeAmplitude) -> None:

@@ -1,0 +1,254 @@
+"""@amplitude_flush in process, with a Lambda context whose remaining time the test controls."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import amp_lite
+from amp_lite import Amplitude, amplitude_flush
+from amp_lite.testing import FakeAmplitude, Fault
+from tests.conftest import API_KEY
+
+TOLERANCE_S = 0.4
+
+
+class FakeContext:
+    """Lambda's context: remaining time counts down from `remaining_ms` at construction."""
+
+    function_name = "amp-test"
+    function_version = "$LATEST"
+    memory_limit_in_mb = "256"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:amp-test"
+    aws_request_id = "00000000-1111-2222-3333-444444444444"
+    log_group_name = "/aws/lambda/amp-test"
+    log_stream_name = "test"
+
+    def __init__(self, remaining_ms: int) -> None:
+        self._deadline = time.monotonic() + remaining_ms / 1000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_client() -> Iterator[None]:
+    amp_lite.set_client(None)
+    yield
+    amp_lite.set_client(None)
+
+
+@pytest.fixture
+def env_client(fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch) -> FakeAmplitude:
+    monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)
+    monkeypatch.setenv("AMPLITUDE_SERVER_URL", fake.url)
+    return fake
+
+
+def test_bare_decorator_flushes_the_default_client(env_client: FakeAmplitude) -> None:
+    # GIVEN a handler decorated bare, tracking through the module-level helper
+    @amplitude_flush
+    def handler(event: dict[str, Any], context: Any) -> str:
+        amp_lite.track("Bare", user_id="user-bare")
+        return "ok"
+
+    # WHEN it runs
+    result = handler({}, FakeContext(3000))
+    # THEN its event was delivered before it returned
+    assert result == "ok"
+    assert [e["event_type"] for e in env_client.events] == ["Bare"]
+
+
+def test_decorator_with_a_client_positionally_and_by_keyword(fake: FakeAmplitude) -> None:
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+
+    @amplitude_flush(client)
+    def positional(event: Any, context: Any) -> None:
+        client.track("Positional", user_id="user-one")
+
+    @amplitude_flush(client=client, margin_ms=200, flush_timeout_s=2)
+    def keyword(event: Any, context: Any) -> None:
+        client.track("Keyword", user_id="user-two")
+
+    positional({}, FakeContext(3000))
+    keyword({}, FakeContext(3000))
+    assert [e["event_type"] for e in fake.events] == ["Positional", "Keyword"]
+
+
+def test_decorator_keeps_name_docstring_and_signature(fake: FakeAmplitude) -> None:
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+
+    def handler(event: dict[str, Any], context: Any, *, extra: int = 1) -> dict[str, Any]:
+        """Handle an order."""
+        return event
+
+    wrapped = amplitude_flush(client)(handler)
+    assert wrapped.__name__ == "handler"
+    assert wrapped.__doc__ == "Handle an order."
+    assert inspect.signature(wrapped) == inspect.signature(handler)
+    assert wrapped.__wrapped__ is handler  # type: ignore[attr-defined]
+
+
+def test_return_value_and_exception_pass_through_unchanged(fake: FakeAmplitude) -> None:
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    sentinel = object()
+    error = KeyError("the handler's own")
+
+    @amplitude_flush(client)
+    def returns(event: Any, context: Any) -> object:
+        client.track("Returns", user_id="user-ret")
+        return sentinel
+
+    @amplitude_flush(client)
+    def raises(event: Any, context: Any) -> None:
+        client.track("Raises", user_id="user-rai")
+        raise error
+
+    assert returns({}, FakeContext(3000)) is sentinel
+    with pytest.raises(KeyError) as caught:
+        raises({}, FakeContext(3000))
+    assert caught.value is error
+    assert [e["event_type"] for e in fake.events] == ["Returns", "Raises"]
+
+
+def test_a_failing_flush_changes_neither_result_nor_exception(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a client with no API key: its flush cannot send anything
+    client = Amplitude(overflow=None)
+
+    @amplitude_flush(client)
+    def handler(event: Any, context: Any) -> str:
+        client.track("Lost", user_id="user-nokey")
+        if event.get("fail"):
+            raise RuntimeError("handler failure")
+        return "result"
+
+    # WHEN the handler returns and when it raises
+    with caplog.at_level(logging.ERROR, logger="amp_lite"):
+        assert handler({}, FakeContext(3000)) == "result"
+        with pytest.raises(RuntimeError, match="handler failure"):
+            handler({"fail": True}, FakeContext(3000))
+    # THEN the failures were logged (naming the variable), not raised
+    assert "AMPLITUDE_API_KEY" in caplog.text
+
+
+def test_flush_is_bounded_by_remaining_time_minus_margin(fake: FakeAmplitude) -> None:
+    # GIVEN Amplitude hangs and the invocation has 1.5 s left
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=60)
+
+    @amplitude_flush(client, margin_ms=500)
+    def handler(event: Any, context: Any) -> None:
+        client.track("Hangs", user_id="user-hang")
+
+    # WHEN the handler runs
+    started = time.monotonic()
+    handler({}, FakeContext(1500))
+    took = time.monotonic() - started
+    # THEN the flush gave up at remaining - margin (1.0 s), not at flush_timeout_s
+    assert 0.5 <= took <= 1.0 + TOLERANCE_S
+
+
+def test_flush_timeout_caps_a_long_invocation(fake: FakeAmplitude) -> None:
+    # GIVEN a 900 s function whose Amplitude hangs, and flush_timeout_s=0.8
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+
+    @amplitude_flush(client, flush_timeout_s=0.8)
+    def handler(event: Any, context: Any) -> None:
+        client.track("Long", user_id="user-long")
+
+    started = time.monotonic()
+    handler({}, FakeContext(900_000))
+    # THEN the handler returned after about flush_timeout_s, not 899.5 s
+    assert time.monotonic() - started <= 0.8 + TOLERANCE_S
+
+
+def test_no_context_falls_back_to_flush_timeout_and_says_so(
+        fake: FakeAmplitude, caplog: pytest.LogCaptureFixture) -> None:
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=0.6)
+
+    @amplitude_flush(client)
+    def handler(event: Any, context: Any) -> str:
+        client.track("Local", user_id="user-local")
+        return "done"
+
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="amp_lite"):
+        assert handler({}, None) == "done"
+    assert time.monotonic() - started <= 0.6 + TOLERANCE_S
+    assert "no context.get_remaining_time_in_millis()" in caplog.text
+
+
+def test_context_passed_by_keyword_is_used(fake: FakeAmplitude) -> None:
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=60)
+
+    @amplitude_flush(client, margin_ms=100)
+    def handler(event: Any, context: Any) -> None:
+        client.track("Kw", user_id="user-kwarg")
+
+    started = time.monotonic()
+    handler(event={}, context=FakeContext(700))
+    assert time.monotonic() - started <= 0.6 + TOLERANCE_S
+
+
+def test_margin_larger_than_remaining_sends_nothing_and_counts_everything(
+        fake: FakeAmplitude, tmp_path: Any) -> None:
+    # GIVEN an invocation with 300 ms left and a 500 ms margin
+    spill = amp_lite.overflow.LocalSpill(tmp_path / "spill")
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=spill)
+    scope_reports: list[Any] = []
+
+    def handler(event: Any, context: Any) -> None:
+        client.track("Late", user_id="user-late")
+        client.track("Late", user_id="user-late")
+
+    wrapped = amplitude_flush(client)(handler)
+    # WHEN it runs
+    with client.invocation(remaining_time_ms=FakeContext(300).get_remaining_time_in_millis,
+                           margin_ms=500) as inv:
+        handler({}, None)
+    scope_reports.append(inv.report)
+    wrapped({}, FakeContext(300))
+    # THEN no request was sent and the events were overflowed with reason "deadline"
+    assert fake.requests == []
+    report = scope_reports[0]
+    assert report.overflowed == 2 and report.overflowed_reasons == {"deadline": 2}
+    assert len(list((tmp_path / "spill").glob("*.jsonl"))) == 2
+
+
+def test_unbuildable_default_client_is_logged_and_the_handler_still_runs(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN an environment with an invalid zone: the default client cannot be built
+    monkeypatch.setenv("AMPLITUDE_SERVER_ZONE", "MARS")
+
+    @amplitude_flush
+    def handler(event: Any, context: Any) -> str:
+        return "still served"
+
+    with caplog.at_level(logging.ERROR, logger="amp_lite"):
+        assert handler({}, FakeContext(3000)) == "still served"
+    assert "AMPLITUDE_SERVER_ZONE" in caplog.text
+
+
+def test_module_helpers_delegate_to_one_default_client(env_client: FakeAmplitude) -> None:
+    # WHEN every helper is called outside any scope, then the default client is flushed
+    amp_lite.track("Helper", user_id="user-help")
+    amp_lite.identify(amp_lite.Identify().set("plan", "pro"), user_id="user-help")
+    amp_lite.group_identify("org", "acme", amp_lite.Identify().set("size", 10),
+                            user_id="user-help")
+    amp_lite.set_group("org", "acme", user_id="user-help")
+    amp_lite.revenue(amp_lite.Revenue(price=9.5), user_id="user-help")
+    report = amp_lite.flush(timeout_s=5)
+    # THEN one client built from the environment sent them all
+    assert amp_lite.get_client() is amp_lite.get_client()
+    assert report.delivered == 5
+    assert [e["event_type"] for e in env_client.events] == [
+        "Helper", "$identify", "$groupidentify", "$identify", "revenue_amount"]
