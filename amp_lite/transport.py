@@ -8,12 +8,17 @@ translated here into a Reply with an `error` kind.
 from __future__ import annotations
 
 import gzip as gzip_module
+import io
 import json
 import logging
 import os
+import socket
+from contextvars import ContextVar
 from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -36,6 +41,80 @@ POOL_MAXSIZE = 10  # concurrent requests kept alive (Cloud Functions gen2 serves
 GZIP_LEVEL = 6
 
 
+# The deadline of the attempt in progress in this context (thread), read by the connections.
+_attempt_deadline: ContextVar[Deadline | None] = ContextVar("amp_lite_attempt_deadline",
+                                                            default=None)
+
+
+class _DeadlineSocket:
+    """A socket view whose every receive is bounded by what is left of the attempt.
+
+    urllib3's read timeout applies to each receive separately, so a server trickling its
+    headers or body a byte at a time would stretch an attempt without limit. Re-arming the
+    timeout from the deadline before each receive keeps the whole reply within it (I3).
+    """
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        remaining = self._deadline.remaining_s()
+        if remaining <= 0:
+            raise TimeoutError("amp_lite: the flush deadline passed while reading the reply")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def makefile(self, mode: str = "rb", buffering: int = -1, **_: Any) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"),  # type: ignore[arg-type]
+                                 io.DEFAULT_BUFFER_SIZE)
+
+    def _decref_socketios(self) -> None:  # called by SocketIO.close; the real socket stays
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineMixin:
+    """Bounds sending by the attempt's deadline and reads the reply through _DeadlineSocket."""
+
+    sock: Any
+
+    def send(self, data: Any) -> None:
+        deadline = _attempt_deadline.get()
+        if deadline is not None and self.sock is not None:
+            self.sock.settimeout(max(deadline.remaining_s(), 0.001))
+        super().send(data)  # type: ignore[misc]
+
+    def getresponse(self) -> Any:
+        deadline = _attempt_deadline.get()
+        real = self.sock
+        if deadline is None or real is None:
+            return super().getresponse()  # type: ignore[misc]
+        self.sock = _DeadlineSocket(real, deadline)
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            self.sock = real
+
+
+class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineMixin, HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
 class HttpTransport:
     """POSTs request bodies to one URL with certificate verification always on."""
 
@@ -48,6 +127,8 @@ class HttpTransport:
             num_pools=2, maxsize=POOL_MAXSIZE, block=False, retries=False,
             cert_reqs="CERT_REQUIRED", ca_certs=bundle,
         )
+        self._pool.pool_classes_by_scheme = {"http": _DeadlineHTTPPool,
+                                             "https": _DeadlineHTTPSPool}
 
     def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
         headers = {"Content-Type": "application/json; charset=UTF-8", "Accept": "*/*",
@@ -71,12 +152,21 @@ class HttpTransport:
         budget = deadline.clamp(timeout_s)
         if budget <= 0:
             return Reply(None, error="timeout")
+        attempt_deadline = Deadline.after(budget, deadline.clock)
+        token = _attempt_deadline.set(attempt_deadline)
+        try:
+            return self._send(body, headers, budget, attempt_deadline)
+        finally:
+            _attempt_deadline.reset(token)
+
+    def _send(self, body: bytes, headers: dict[str, str], budget: float,
+              deadline: Deadline) -> Reply:
         try:
             response = self._pool.request(
                 "POST", self.url, body=body, headers=headers, redirect=False, retries=False,
                 timeout=urllib3.Timeout(connect=budget, read=budget), preload_content=False,
             )
-        except (ConnectTimeoutError, ReadTimeoutError):
+        except (ConnectTimeoutError, ReadTimeoutError, TimeoutError):
             return Reply(None, error="timeout")
         except SSLError:
             return Reply(None, error="tls")
@@ -92,19 +182,12 @@ class HttpTransport:
 def _read_reply(response: Any, deadline: Deadline) -> Reply:
     """Read the body within the deadline and the size cap; decide the status."""
     data = bytearray()
-    try:
-        while True:
-            remaining = deadline.remaining_s()
-            if remaining <= 0:
-                return _discard(response, "timeout")
-            _set_socket_timeout(response, remaining)
-            chunk = response.read(READ_CHUNK_BYTES)
-            if not chunk:
-                break
+    try:  # every receive underneath is bounded by the deadline (_DeadlineSocket)
+        while chunk := response.read(READ_CHUNK_BYTES):
             data += chunk
             if len(data) > MAX_RESPONSE_BYTES:
                 return _discard(response, "response_too_large")
-    except ReadTimeoutError:
+    except (ReadTimeoutError, TimeoutError):
         return _discard(response, "timeout")
     except (HTTPError, OSError) as exc:
         return _discard(response, f"protocol:{type(exc).__name__}")
@@ -120,14 +203,6 @@ def _discard(response: Any, error: str) -> Reply:
     response.close()
     response.release_conn()
     return Reply(None, error=error)
-
-
-def _set_socket_timeout(response: Any, seconds: float) -> None:
-    # A server trickling its body one byte at a time would stretch a per-read timeout
-    # indefinitely; re-arming the socket timeout before each read keeps the total bounded.
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.001))
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:

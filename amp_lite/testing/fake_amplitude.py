@@ -203,6 +203,12 @@ class FakeAmplitude:
     # -- what it saw ----------------------------------------------------------------------------
 
     @property
+    def open_connections(self) -> int:
+        """Connections currently open (kept alive or serving a request)."""
+        with self._changed:
+            return len(self._connections)
+
+    @property
     def insert_ids(self) -> list[str]:
         with self._changed:
             return [e["insert_id"] for e in self.events if "insert_id" in e]
@@ -237,6 +243,7 @@ class FakeAmplitude:
     def _close(self, conn: _Connection) -> None:
         with self._changed:
             self._connections.pop(conn.number, None)
+            self._changed.notify_all()
 
     def _next_fault(self) -> Fault | None:
         with self._changed:

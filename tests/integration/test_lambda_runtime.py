@@ -1,4 +1,4 @@
-"""Handlers under the real awslambdaric runtime client, against a fake Runtime API and FakeAmplitude.
+"""Handlers under the real awslambdaric runtime client, a fake Runtime API and FakeAmplitude.
 
 These run the worked examples in examples/ exactly as Lambda would: a subprocess, a real
 LambdaContext built from the Lambda-Runtime-Deadline-Ms header, real error reporting.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from typing import Any
 
 import pytest
@@ -13,7 +15,8 @@ from amp_lite.testing import FakeAmplitude
 from tests.conftest import API_KEY
 from tests.unit.test_decorator import FakeContext
 
-logger = Logger(service="amp-test")
+log_lines = io.StringIO()
+logger = Logger(service="amp-test", logger_handler=logging.StreamHandler(log_lines))
 metrics = Metrics(namespace="AmpTest", service="amp-test")
 tracer = Tracer(service="amp-test", disabled=True)
 
@@ -48,7 +51,7 @@ def test_stacks_with_powertools_in_either_order(fake: FakeAmplitude, order: str,
     # THEN both events were flushed, the name survived, and Powertools still did its part
     assert [e["event_properties"]["n"] for e in fake.events] == [1, 2]
     assert handler.__name__ == "body"
-    out = capsys.readouterr().out
-    assert '"Orders"' in out  # the EMF metrics blob that log_metrics printed
+    assert '"Orders"' in capsys.readouterr().out  # the EMF blob that log_metrics printed
     # the Logger's line carries the request id that inject_lambda_context took from the context
-    assert '"function_request_id":"00000000-1111-2222-3333-444444444444"' in out.replace(" ", "")
+    assert '"function_request_id":"00000000-1111-2222-3333-444444444444"' in (
+        log_lines.getvalue().replace(" ", ""))

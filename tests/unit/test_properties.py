@@ -1,0 +1,339 @@
+"""Property tests of the delivery loop: every event is accounted for exactly once (I2) and no
+flush runs past its deadline (I3), whatever the server answers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from amp_lite import Amplitude
+from amp_lite.buffer import EventBuffer
+from amp_lite.deadline import Deadline
+from amp_lite.response import Reply
+from amp_lite.retry import MIN_ATTEMPT_S, RetryHandler
+from amp_lite.sender import Sender
+from amp_lite.testing import FakeAmplitude, Fault
+from amp_lite.wire import BufferedEvent
+from tests.conftest import API_KEY
+
+USERS = ("user-a", "user-b", "user-c")
+DEVICES = ("device-a", "device-b", "device-c")
+FLOAT_SLACK_S = 1e-9
+
+
+# -- fake clock, scripted transport, recording sink -----------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+@dataclass
+class Step:
+    """One scripted exchange: the reply and how long the server takes to give it."""
+
+    reply: Reply
+    duration_s: float
+
+
+@dataclass
+class ScriptedTransport:
+    """Answers from `steps` (then 200s). It honours timeout_s like a socket would: a request
+    allowed less time than the server takes returns a timeout when the allowed time is up."""
+
+    clock: FakeClock
+    steps: list[Step]
+    default_duration_s: float = 0.01
+    started_with_s: list[float] = field(default_factory=list)  # time left at each request
+    accepted: list[str] = field(default_factory=list)  # insert_ids answered 2xx with a body
+
+    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
+        self.started_with_s.append(deadline.remaining_s())
+        step = self.steps.pop(0) if self.steps else Step(Reply(200, {"code": 200}),
+                                                          self.default_duration_s)
+        allowed = deadline.clamp(timeout_s)
+        if step.duration_s > allowed:
+            self.clock.advance(allowed)
+            return Reply(None, error="timeout")
+        self.clock.advance(step.duration_s)
+        reply = step.reply
+        if reply.status is not None and 200 <= reply.status < 300 and reply.body is not None:
+            self.accepted += [e["insert_id"] for e in json.loads(body)["events"]]
+        return reply
+
+
+@dataclass
+class FakeSleep:
+    clock: FakeClock
+
+    def __call__(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+@dataclass
+class RecordingSink:
+    """An overflow sink that keeps what it is given (and when, on the fake clock if any)."""
+
+    clock: Any = time.monotonic
+    name: str = "recording"
+    reserve_s: float = 0.05
+    written: list[tuple[str, str]] = field(default_factory=list)  # (insert_id, reason)
+    written_at: list[float] = field(default_factory=list)
+
+    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
+              deadline: Deadline) -> None:
+        self.written_at.append(self.clock())
+        self.written += [(e.insert_id, reason) for e in events]
+
+    @property
+    def insert_ids(self) -> list[str]:
+        return [insert_id for insert_id, _ in self.written]
+
+
+def make_event(i: int) -> BufferedEvent:
+    user, device = USERS[i % len(USERS)], DEVICES[i % len(DEVICES)]
+    raw = json.dumps({"event_type": "e", "insert_id": f"id-{i}", "user_id": user,
+                      "device_id": device}).encode()
+    return BufferedEvent(raw=raw, insert_id=f"id-{i}", user_id=user, device_id=device)
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+indices = st.lists(st.integers(min_value=-1, max_value=8), max_size=4)
+retry_after = st.none() | st.floats(min_value=0.0, max_value=3.0)
+
+replies = st.one_of(
+    st.just(Reply(200, {"code": 200})),
+    st.just(Reply(200, None)),
+    indices.map(lambda i: Reply(400, {"code": 400, "events_with_invalid_fields": {"time": i}})),
+    indices.map(lambda i: Reply(400, {"code": 400, "silenced_events": i})),
+    st.just(Reply(400, {"code": 400, "error": "Invalid API key: k"})),
+    st.just(Reply(400, {"code": 400, "error": "Invalid JSON request body"})),
+    st.just(Reply(403, {"code": 403, "error": "Forbidden"})),
+    st.just(Reply(404, {"code": 404})),
+    st.just(Reply(413, {"code": 413, "error": "Payload too large"})),
+    st.builds(lambda thr, qu, qd: Reply(429, {
+        "code": 429, "throttled_events": thr,
+        "exceeded_daily_quota_users": dict.fromkeys(qu, 500_001),
+        "exceeded_daily_quota_devices": dict.fromkeys(qd, 500_001)}),
+        indices, st.lists(st.sampled_from(USERS), max_size=2),
+        st.lists(st.sampled_from(DEVICES), max_size=2)),
+    st.builds(lambda s, ra: Reply(s, None, retry_after_s=ra),
+              st.sampled_from([408, 500, 502, 503, 504]), retry_after),
+    st.sampled_from(["timeout", "connection", "connection_dropped"]).map(
+        lambda e: Reply(None, error=e)),
+)
+steps = st.lists(st.builds(Step, replies, st.floats(min_value=0.0, max_value=1.5)), max_size=25)
+
+
+def sender_for(transport: ScriptedTransport, max_events: int) -> Sender:
+    return Sender(transport=transport, api_key=API_KEY, min_id_length=None,
+                  max_events=max_events, max_bytes=1_000_000, request_timeout_s=1.0)
+
+
+# -- handler level --------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(script=steps, count=st.integers(min_value=0, max_value=12),
+       max_events=st.integers(min_value=1, max_value=5),
+       budget_s=st.floats(min_value=0.0, max_value=4.0),
+       max_attempts=st.integers(min_value=1, max_value=6))
+def test_handler_accounts_for_every_event_and_never_passes_the_deadline(
+        script: list[Step], count: int, max_events: int, budget_s: float,
+        max_attempts: int) -> None:
+    # GIVEN events, a scripted server, a fake clock and a deadline on it
+    clock = FakeClock()
+    transport = ScriptedTransport(clock, list(script))
+    events = [make_event(i) for i in range(count)]
+    deadline = Deadline.after(budget_s, clock)
+    strategy = RetryHandler(sleep=FakeSleep(clock), max_attempts=max_attempts).bind(
+        sender_for(transport, max_events))
+    # WHEN the handler sends them
+    outcome = strategy.send_events_with_retry(events, deadline)
+    event(f"unsettled reasons: {sorted(outcome.unsettled)}")
+    # THEN every event is in exactly one place
+    placed = [e.insert_id for e in outcome.delivered]
+    for group in [*outcome.rejected.values(), *outcome.unsettled.values()]:
+        placed += [e.insert_id for e in group]
+    assert Counter(placed) == Counter(e.insert_id for e in events)
+    # AND exactly the events the server accepted are delivered
+    assert sorted(e.insert_id for e in outcome.delivered) == sorted(transport.accepted)
+    # AND no attempt started with less than MIN_ATTEMPT_S left
+    assert all(left >= MIN_ATTEMPT_S for left in transport.started_with_s)
+    assert outcome.attempts == len(transport.started_with_s)
+    # AND the clock never passed the deadline
+    assert clock.now <= deadline.expires_at + FLOAT_SLACK_S
+
+
+# -- client level (fake clock through the public flush_buffer) ------------------------------------
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=steps, count=st.integers(min_value=0, max_value=12),
+       budget_s=st.floats(min_value=0.0, max_value=4.0),
+       max_events=st.integers(min_value=1, max_value=5))
+def test_client_flush_report_is_balanced_and_bounded(
+        script: list[Step], count: int, budget_s: float, max_events: int) -> None:
+    # GIVEN a client with a scripted transport, a recording sink and a fake-clock deadline
+    clock = FakeClock()
+    transport = ScriptedTransport(clock, list(script))
+    sink = RecordingSink(clock=clock)
+    client = Amplitude(API_KEY, transport=transport, overflow=sink,
+                       retry=RetryHandler(sleep=FakeSleep(clock)))
+    buffer = EventBuffer()
+    events = [make_event(i) for i in range(count)]
+    for buffered in events:
+        buffer.append(buffered)
+    started = clock()
+    deadline = Deadline.after(budget_s, clock)
+    # WHEN the buffer is flushed (with max_events small enough to make several batches)
+    client.config = replace(client.config, max_request_events=max_events)
+    report = client.flush_buffer(buffer, deadline)
+    # THEN the report balances (I2) and nothing was dropped: the sink took everything unsettled
+    assert report.balanced
+    assert report.tracked == count
+    assert report.dropped == 0
+    assert report.overflowed == len(sink.written)
+    assert report.delivered == len(transport.accepted)
+    # AND no event is both delivered and overflowed, and none overflowed twice
+    assert not set(transport.accepted) & set(sink.insert_ids)
+    assert len(set(sink.insert_ids)) == len(sink.insert_ids)
+    assert len(set(transport.accepted)) == len(transport.accepted)
+    # AND the delivery loop left the overflow reserve untouched (I3): overflow writes begin no
+    # later than the deadline minus the sink's reserve (or at once, if the budget was smaller)
+    loop_end = max(started, deadline.expires_at - sink.reserve_s)
+    assert all(at <= loop_end + FLOAT_SLACK_S for at in sink.written_at)
+    assert clock.now <= deadline.expires_at + FLOAT_SLACK_S
+    assert report.deadline_hit == any(reason == "deadline" for _, reason in sink.written)
+    assert len(buffer) == 0
+
+
+# -- real time, real urllib3, FakeAmplitude on 127.0.0.1 -----------------------------------------
+
+SCHEDULING_TOLERANCE_MS = 250.0
+
+faults = st.one_of(
+    st.sampled_from([500, 502, 503, 504, 408, 413, 429, 403]).map(Fault.status_code),
+    st.just(Fault.status_code(500, accept=True)),
+    st.just(Fault.status_code(400, {"code": 400, "error": "Invalid JSON request body"})),
+    st.floats(min_value=0.05, max_value=1.0).map(Fault.hang),
+    st.just(Fault.reset()),
+    st.just(Fault.reset_mid_body()),
+    st.just(Fault.reply(200, b"<html>ok</html>", "text/html")),
+)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(script=st.lists(faults, max_size=6), count=st.integers(min_value=1, max_value=6),
+       budget_s=st.floats(min_value=0.3, max_value=0.5))
+def test_real_flush_against_fake_amplitude_is_balanced_and_on_time(
+        script: list[Fault], count: int, budget_s: float) -> None:
+    sink = RecordingSink()
+    with FakeAmplitude() as fake:
+        # GIVEN a real client against a scripted FakeAmplitude and a recording sink
+        fake.script(*script)
+        client = Amplitude(API_KEY, server_url=fake.url, overflow=sink,
+                           flush_timeout_s=budget_s)
+        tracked = [client.track("e", user_id=f"user-{i}", device_id=f"device-{i}")
+                   for i in range(count)]
+        # WHEN the client flushes with its budget
+        started = time.monotonic()
+        report = client.flush()
+        elapsed_ms = (time.monotonic() - started) * 1000
+        client.close()
+        accepted = set(fake.insert_ids)
+    event(f"deadline_hit={report.deadline_hit}")
+    event(f"overflowed={bool(report.overflowed)}, rejected={bool(report.rejected)}")
+    # THEN the report balances and nothing is dropped
+    assert report.balanced
+    assert report.tracked == count
+    assert report.dropped == 0
+    assert report.overflowed == len(sink.written)
+    # AND every event the client counts as delivered reached the server: the events that were
+    # neither overflowed nor rejected are all in FakeAmplitude
+    kept = [i for i in tracked if i not in set(sink.insert_ids)]
+    assert len(kept) == report.delivered + report.rejected
+    assert len([i for i in kept if i not in accepted]) <= report.rejected
+    # AND the flush kept to its budget
+    limit_ms = budget_s * 1000 + SCHEDULING_TOLERANCE_MS
+    assert report.elapsed_ms <= limit_ms
+    assert elapsed_ms <= limit_ms
+
+
+class TricklingHeadersServer:
+    """A raw HTTP server on 127.0.0.1 that reads one request, then sends its reply headers one
+    byte every `pause_s`: a slow-loris reply that stays within every per-read socket timeout."""
+
+    def __init__(self, pause_s: float, header_bytes: int) -> None:
+        self.pause_s = pause_s
+        self.head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 13\r\nX-Pad: " + b"a" * header_bytes + b"\r\n\r\n"
+                     b'{"code": 200}')
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/2/httpapi"
+
+    def __enter__(self) -> TricklingHeadersServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(0.05)  # so that __exit__ is noticed between connections
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # timeout, or the listener was closed
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(None)
+                conn.recv(65536)
+                for i in range(len(self.head)):
+                    if self._stop.wait(self.pause_s):
+                        return
+                    conn.sendall(self.head[i:i + 1])
+
+
+def test_real_flush_stays_on_time_when_reply_headers_trickle() -> None:
+    # GIVEN a server that takes ~0.9 s to trickle its reply headers, and a 0.3 s flush budget
+    sink = RecordingSink()
+    with TricklingHeadersServer(pause_s=0.01, header_bytes=10) as server:
+        client = Amplitude(API_KEY, server_url=server.url, overflow=sink, flush_timeout_s=0.3)
+        client.track("e", user_id="user-1", device_id="device-1")
+        # WHEN the client flushes
+        started = time.monotonic()
+        report = client.flush()
+        elapsed_ms = (time.monotonic() - started) * 1000
+        client.close()
+    # THEN the flush still ends within its budget (plus scheduling tolerance)
+    assert report.balanced
+    assert elapsed_ms <= 300 + SCHEDULING_TOLERANCE_MS
