@@ -252,6 +252,8 @@ class Amplitude:
         try:
             sender = self._sender()
         except ConfigError:
+            if not events:  # nothing to send: the key is not needed yet
+                return self._finish(tally, started)
             if raise_config_error:
                 buffer.put_back(events)
                 raise

@@ -168,7 +168,7 @@ class Revenue:
         return self
 
     def event_properties(self) -> dict[str, Any]:
-        """The event properties as the official SDK builds them (None values are left out)."""
+        """The event properties as the official SDK sends them (None values are left out)."""
         if isinstance(self.price, bool) or not isinstance(self.price, (int, float)):
             raise InvalidEventError(f"Revenue.price: must be a number, got {self.price!r}")
         if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
@@ -181,4 +181,4 @@ class Revenue:
             "$revenueType": self.revenue_type, "$receipt": self.receipt,
             "$receiptSig": self.receipt_sig, "$revenue": self.revenue, "$currency": self.currency,
         })
-        return props
+        return {key: value for key, value in props.items() if value is not None}

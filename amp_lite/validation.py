@@ -101,6 +101,8 @@ class EventEncoder:
             raise InvalidEventError(f"event: middleware must return a dict or None, "
                                     f"got {type(event).__name__}")
         wire = {key: self._field(key, value) for key, value in event.items() if value is not None}
+        wire.setdefault("time", now_ms())  # in case middleware removed the stamps
+        wire.setdefault("insert_id", new_insert_id())
         self._check_identity(wire)
         wire["library"] = LIBRARY
         raw = _dumps(wire)
