@@ -18,6 +18,8 @@ from typing import Any
 from . import report as r
 from .buffer import EventBuffer
 from .config import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_BUFFERED_EVENTS,
     DEFAULT_REQUEST_TIMEOUT_S,
     ENV_SPILL_DIR,
     ClientConfig,
@@ -38,6 +40,7 @@ from .event import (
     Revenue,
 )
 from .overflow import LocalSpill, OverflowSink, RecoverableSink, SpillClaim
+from .overflow.sqs import ENV_QUEUE_URL, SQSOverflow
 from .report import DeliveryReport, Tally
 from .retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
 from .sender import Sender, Transport
@@ -49,6 +52,8 @@ logger = logging.getLogger("amp_lite")
 Middleware = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 RECOVERY_MIN_BUDGET_S = 1.0  # read the local spill back only when a flush has at least this long
+EARLY_OVERFLOW_BUDGET_S = 1.0  # time given to overflowing a buffer's excess from inside track()
+CAP_HEADROOM = 0.9  # overflow down to 90% of a cap, so the next track() does not do it again
 
 
 class _DefaultOverflow:
@@ -85,6 +90,8 @@ class Amplitude:
         ingestion_metadata: IngestionMetadata | Mapping[str, str] | None = None,
         enabled: bool | None = None,
         middleware: Iterable[Middleware] = (),
+        max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         transport: Transport | None = None,
     ) -> None:
         self.config: ClientConfig = resolve_config(
@@ -92,6 +99,7 @@ class Amplitude:
             min_id_length=min_id_length, flush_timeout_s=flush_timeout_s,
             request_timeout_s=request_timeout_s, gzip=gzip, ca_certs=ca_certs, plan=plan,
             ingestion_metadata=ingestion_metadata, enabled=enabled,
+            max_buffered_events=max_buffered_events, max_buffered_bytes=max_buffered_bytes,
         )
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry: must have a send_events_with_retry(events, deadline) method")
@@ -203,8 +211,32 @@ class Amplitude:
                 return None
             event = changed
         buffered = self._encoder.encode(event)
-        self._current_buffer().append(buffered)
+        buffer = self._current_buffer()
+        count, size = buffer.append(buffered)
+        if count > self.config.max_buffered_events or size > self.config.max_buffered_bytes:
+            self._overflow_excess(buffer)
         return buffered.insert_id
+
+    def _overflow_excess(self, buffer: EventBuffer) -> None:
+        """Overflow the oldest events of a buffer past its cap, now (bounded memory)."""
+        excess = buffer.take_oldest(
+            keep_events=int(self.config.max_buffered_events * CAP_HEADROOM),
+            keep_bytes=int(self.config.max_buffered_bytes * CAP_HEADROOM))
+        early = Tally(tracked=len(excess))
+        try:
+            sinks = self._overflow_sinks(self._api_key())
+        except ConfigError:
+            logger.error("amp_lite: %d events dropped: buffer cap passed and no API key "
+                         "(set AMPLITUDE_API_KEY)", len(excess))
+            early.dropped[r.DROPPED_CONFIG] += len(excess)
+        else:
+            reserve = sum(sink.reserve_s for sink in sinks)
+            deadline = Deadline.after(max(EARLY_OVERFLOW_BUDGET_S, reserve))
+            step = self.config.max_request_events
+            for start in range(0, len(excess), step):
+                self._overflow(excess[start:start + step], r.UNSETTLED_BUFFER_CAP, 0, deadline,
+                               sinks, early)
+        buffer.record_early(early)
 
     def _current_buffer(self) -> EventBuffer:
         scope = self._scope.get()
@@ -248,20 +280,21 @@ class Amplitude:
         if not self.config.enabled:
             return DeliveryReport()
         events = buffer.drain()
-        tally = Tally(tracked=len(events))
         try:
             sender = self._sender()
         except ConfigError:
-            if not events:  # nothing to send: the key is not needed yet
-                return self._finish(tally, started)
-            if raise_config_error:
+            if events and raise_config_error:
                 buffer.put_back(events)
                 raise
+            tally = buffer.take_early()
+            tally.tracked += len(events)
             if events:
                 logger.error("amp_lite: %d events dropped: no API key (set AMPLITUDE_API_KEY)",
                              len(events))
-            tally.dropped[r.DROPPED_CONFIG] += len(events)
+                tally.dropped[r.DROPPED_CONFIG] += len(events)
             return self._finish(tally, started)
+        tally = buffer.take_early()  # events overflowed before the flush, past the buffer cap
+        tally.tracked += len(events)
         try:
             self._deliver(events, deadline, sender, tally)
         except Exception:  # a bug of ours must not lose events silently or reach the handler
@@ -315,17 +348,22 @@ class Amplitude:
     def _overflow(self, events: list[BufferedEvent], reason: str, attempts: int,
                   deadline: Deadline, sinks: tuple[OverflowSink, ...], tally: Tally) -> None:
         for sink in sinks:
+            left = events
             try:
                 sink.write(events, reason=reason, attempts=attempts, deadline=deadline)
+                left = []
             except OverflowWriteError as exc:
                 logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)
-                continue
+                if exc.unwritten is not None:
+                    left = list(exc.unwritten)
             except Exception:
                 logger.exception("amp_lite: overflow sink %s raised", sink.name)
-                continue
-            tally.overflowed[reason] += len(events)
-            tally.overflowed_to[sink.name] += len(events)
-            return
+            if written := len(events) - len(left):
+                tally.overflowed[reason] += written
+                tally.overflowed_to[sink.name] += written
+            events = left
+            if not events:
+                return
         dropped = r.DROPPED_SINK_FAILED if sinks else r.DROPPED_NO_SINK
         tally.dropped[dropped] += len(events)
         logger.error("amp_lite: %d events dropped (%s, not delivered: %s)", len(events), dropped,
@@ -345,7 +383,7 @@ class Amplitude:
 
     def _overflow_sinks(self, api_key: str) -> tuple[OverflowSink, ...]:
         if self._sinks is None:
-            self._sinks = (default_spill(api_key, self.config.server_url),)
+            self._sinks = default_sinks(api_key, self.config.server_url)
         return self._sinks
 
     def _sender(self) -> Sender:
@@ -435,6 +473,13 @@ class Invocation:
         if left is not None:
             budget = min(budget, left - self._margin_s)
         return Deadline.after(max(0.0, budget))
+
+
+def default_sinks(api_key: str, server_url: str) -> tuple[OverflowSink, ...]:
+    """SQS first when AMP_LITE_OVERFLOW_QUEUE_URL is set, then the local spill."""
+    spill = default_spill(api_key, server_url)
+    queue_url = os.environ.get(ENV_QUEUE_URL)
+    return (SQSOverflow(queue_url), spill) if queue_url else (spill,)
 
 
 def default_spill(api_key: str, server_url: str) -> LocalSpill:

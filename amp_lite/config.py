@@ -34,6 +34,11 @@ MAX_STRING_LENGTH = 1024
 MAX_PROPERTY_DEPTH = 40
 DEFAULT_MIN_ID_LENGTH = 5  # server default when options.min_id_length is not sent (section 2.2)
 
+# A scope's buffer past either cap overflows its oldest events at once, so a handler that
+# tracks without limit keeps bounded memory (roughly 1 KiB per buffered event).
+DEFAULT_MAX_BUFFERED_EVENTS = 200_000
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
 # Timing defaults.
 DEFAULT_FLUSH_TIMEOUT_S = 10.0  # cap on one flush; the platform deadline usually binds first
 DEFAULT_REQUEST_TIMEOUT_S = 10.0  # one HTTP attempt, clamped to the flush deadline
@@ -98,6 +103,8 @@ class ClientConfig:
     enabled: bool = True
     max_request_events: int = MAX_EVENTS_PER_REQUEST
     max_request_bytes: int = MAX_REQUEST_BYTES
+    max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
 
     def require_api_key(self) -> str:
         if not self.api_key:
@@ -121,6 +128,8 @@ def resolve_config(
     plan: Plan | Mapping[str, str] | None,
     ingestion_metadata: IngestionMetadata | Mapping[str, str] | None,
     enabled: bool | None,
+    max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     env: Mapping[str, str] | None = None,
 ) -> ClientConfig:
     """Merge arguments, environment and defaults; raise ConfigError naming the bad field."""
@@ -150,6 +159,8 @@ def resolve_config(
         ingestion_metadata=_metadata_to_wire(ingestion_metadata),
         enabled=_resolve_enabled(enabled, env),
         max_request_bytes=MAX_BATCH_REQUEST_BYTES if is_batch else MAX_REQUEST_BYTES,
+        max_buffered_events=_positive_int(max_buffered_events, "max_buffered_events"),
+        max_buffered_bytes=_positive_int(max_buffered_bytes, "max_buffered_bytes"),
     )
 
 
@@ -173,6 +184,12 @@ def _check_min_id_length(value: int | None) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"min_id_length: must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
     return value
 
 

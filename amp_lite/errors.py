@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .wire import BufferedEvent
+
 
 class AmpLiteError(Exception):
     """Root of every error amp_lite raises."""
@@ -24,4 +30,12 @@ class TransportError(AmpLiteError):
 
 
 class OverflowWriteError(AmpLiteError):
-    """An overflow sink could not take the events it was given."""
+    """An overflow sink could not take (some of) the events it was given.
+
+    `unwritten` lists the events it did not write when it wrote the others; None means none
+    were written.
+    """
+
+    def __init__(self, message: str, *, unwritten: Sequence[BufferedEvent] | None = None) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten

@@ -23,6 +23,7 @@ UNSETTLED_RETRIES_EXHAUSTED = "retries_exhausted"
 UNSETTLED_NOT_RETRIED = "not_retried"  # BaseRetryHandler: one attempt only
 UNSETTLED_OFFLINE = "offline"  # OfflineRetryHandler: failures are not retried in-invocation
 UNSETTLED_HTTP_ERROR = "http_error"  # an unexpected 4xx (404, 401...): likely a wrong URL
+UNSETTLED_BUFFER_CAP = "buffer_cap"  # the scope's buffer passed its cap: oldest overflowed early
 
 # Why an event could not even be overflowed.
 DROPPED_NO_SINK = "no_sink"
@@ -90,6 +91,17 @@ class Tally:
     dropped: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     deadline_hit: bool = False
+
+    def merge(self, other: Tally) -> None:
+        self.tracked += other.tracked
+        self.recovered += other.recovered
+        self.delivered += other.delivered
+        self.rejected.update(other.rejected)
+        self.overflowed.update(other.overflowed)
+        self.overflowed_to.update(other.overflowed_to)
+        self.dropped.update(other.dropped)
+        self.attempts += other.attempts
+        self.deadline_hit |= other.deadline_hit
 
     def report(self, elapsed_ms: float) -> DeliveryReport:
         return DeliveryReport(

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from ..deadline import Deadline
 from ..wire import BufferedEvent
 from .local import LocalSpill, SpillClaim
+from .sqs import SQSOverflow
 
 
 @runtime_checkable
@@ -30,4 +31,4 @@ class RecoverableSink(OverflowSink, Protocol):
     def claim(self, *, max_events: int) -> SpillClaim | None: ...
 
 
-__all__ = ["LocalSpill", "OverflowSink", "RecoverableSink", "SpillClaim"]
+__all__ = ["LocalSpill", "OverflowSink", "RecoverableSink", "SQSOverflow", "SpillClaim"]

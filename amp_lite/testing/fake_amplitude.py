@@ -137,7 +137,7 @@ class FakeAmplitude:
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
-            self.close_idle_connections(all_connections=True)
+            self.close_idle_connections(all_connections=True, settle_s=0)
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(5)
@@ -188,11 +188,17 @@ class FakeAmplitude:
         with self._changed:
             self._throttles.clear()
 
-    def close_idle_connections(self, *, all_connections: bool = False) -> int:
+    def close_idle_connections(self, *, all_connections: bool = False,
+                               settle_s: float = 1.0) -> int:
         """Close kept-alive connections that are waiting for a request, as a server or a NAT
-        does to idle connections while a Lambda sandbox is frozen. Returns how many."""
+        does to idle connections while a Lambda sandbox is frozen. Returns how many.
+
+        A reply the client has just read may still be finishing on the server side: requests in
+        progress get up to `settle_s` to finish first (a hanging one is left alone)."""
         closed = 0
         with self._changed:
+            self._changed.wait_for(
+                lambda: not any(c.busy for c in self._connections.values()), settle_s)
             for conn in list(self._connections.values()):
                 if all_connections or not conn.busy:
                     with contextlib.suppress(OSError):
@@ -447,7 +453,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._misbehave(fault, record)
         finally:
-            self.conn_state.busy = False
+            with fake._changed:
+                self.conn_state.busy = False
+                fake._changed.notify_all()
 
     def _misbehave(self, fault: Fault, record: RequestRecord) -> None:
         fake = self.server.fake
