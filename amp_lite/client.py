@@ -310,6 +310,18 @@ class Amplitude:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
 
+    def send_events(self, events: Sequence[BufferedEvent], deadline: Deadline) -> SendOutcome:
+        """Deliver already-encoded events with the retry strategy, without overflow: what is
+        unsettled comes back in the outcome (the replay consumer uses this). Raises
+        ConfigError when no API key is configured."""
+        sender = self._sender()
+        return self._bound_retry(sender).send_events_with_retry(events, deadline)
+
+    def _bound_retry(self, sender: Sender) -> Retry:
+        if isinstance(self._retry, BaseRetryHandler):
+            return self._retry.bind(sender)
+        return self._retry
+
     def _deliver(self, events: list[BufferedEvent], deadline: Deadline, sender: Sender,
                  tally: Tally) -> None:
         sinks = self._overflow_sinks(sender.api_key)
@@ -321,10 +333,9 @@ class Amplitude:
             if claim:
                 claim.complete()
             return
-        retry = (self._retry.bind(sender) if isinstance(self._retry, BaseRetryHandler)
-                 else self._retry)
         reserve = sum(sink.reserve_s for sink in sinks)
-        outcome = retry.send_events_with_retry(batch, deadline.shortened_by(reserve))
+        outcome = self._bound_retry(sender).send_events_with_retry(
+            batch, deadline.shortened_by(reserve))
         self._settle(outcome, len(batch), deadline, sender, sinks, tally)
         if claim:
             claim.complete()

@@ -1,0 +1,163 @@
+"""Replay: deliver overflowed events from SQS, idempotently (insert_id).
+
+`amp_lite.replay.handler` is an SQS-triggered Lambda handler (see template.yaml) and
+`make_handler(client)` builds one around your client. Both use Powertools' BatchProcessor for
+the partial batch response: a record whose events are all delivered or rejected succeeds; a
+record with throttled or undeliverable events is listed in `batchItemFailures`, so SQS
+redelivers it after the visibility timeout (that is the throttle back-off) and, after
+maxReceiveCount, moves it to the dead-letter queue. A message that is not an amp-lite overflow
+message fails too (it ends in the dead-letter queue for a human); unreadable events inside a
+good message are rejected with a log, once.
+
+`replay_records()` is the Powertools-free core, used by `amp-lite replay` as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import Amplitude
+from .deadline import Deadline
+from .decorator import DEFAULT_MARGIN_MS
+from .default import api_key_from_environment
+from .errors import AmpLiteError
+from .overflow.message import MessageFormatError, decode_message
+from .wire import BufferedEvent
+
+logger = logging.getLogger("amp_lite")
+
+REPLAY_FLUSH_TIMEOUT_S = 60.0  # cap when no Lambda context says how long is left
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """One SQS message: its id and body."""
+
+    message_id: str
+    body: str
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did, per message and in total."""
+
+    failed: dict[str, str] = field(default_factory=dict)  # message id -> why it must come back
+    messages: int = 0
+    events: int = 0
+    delivered: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    unsettled: Counter[str] = field(default_factory=Counter)
+    unreadable_messages: int = 0
+    attempts: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {"messages": self.messages, "failed_messages": len(self.failed),
+                "unreadable_messages": self.unreadable_messages, "events": self.events,
+                "delivered": self.delivered, "rejected": dict(self.rejected),
+                "unsettled": dict(self.unsettled), "attempts": self.attempts}
+
+
+def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
+                   deadline: Deadline) -> ReplayResult:
+    """Deliver the events of `records` in as few requests as possible; decide each record."""
+    result = ReplayResult(messages=len(records))
+    per_record: dict[str, list[str]] = {}
+    unique: dict[str, BufferedEvent] = {}
+    for record in records:
+        try:
+            decoded = decode_message(record.body)
+        except MessageFormatError as exc:
+            logger.error("amp_lite replay: message %s is not replayable: %s",
+                         record.message_id, exc)
+            result.failed[record.message_id] = f"not replayable: {exc}"
+            result.unreadable_messages += 1
+            continue
+        if decoded.unreadable_events:
+            logger.error("amp_lite replay: %d unreadable events in message %s rejected",
+                         decoded.unreadable_events, record.message_id)
+            result.rejected["unreadable_event"] += decoded.unreadable_events
+        result.events += len(decoded.events) + decoded.unreadable_events
+        per_record[record.message_id] = [e.insert_id for e in decoded.events]
+        for event in decoded.events:
+            unique.setdefault(event.insert_id, event)  # a duplicate message sends nothing twice
+    if not unique:
+        return result
+    outcome = client.send_events(list(unique.values()), deadline)
+    result.attempts = outcome.attempts
+    result.delivered = len(outcome.delivered)
+    for reason, events in outcome.rejected.items():
+        result.rejected[reason] += len(events)
+    unsettled: dict[str, str] = {}
+    for reason, events in outcome.unsettled.items():
+        result.unsettled[reason] += len(events)
+        unsettled.update((e.insert_id, reason) for e in events)
+    for message_id, insert_ids in per_record.items():
+        reasons = Counter(unsettled[i] for i in insert_ids if i in unsettled)
+        if reasons:
+            result.failed[message_id] = "undelivered events: " + ", ".join(
+                f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    return result
+
+
+class ReplayRecordError(AmpLiteError):
+    """Raised for a record that must come back (BatchProcessor lists it in batchItemFailures)."""
+
+
+def make_handler(client: Amplitude | None = None, *,
+                 margin_ms: float = DEFAULT_MARGIN_MS) -> Callable[[Mapping[str, Any], Any], Any]:
+    """An SQS-triggered Lambda handler replaying amp-lite overflow messages with `client`
+    (default: one built from the environment, with no overflow of its own)."""
+
+    def handler(event: Mapping[str, Any], context: Any) -> Any:
+        from aws_lambda_powertools.utilities.batch import (
+            BatchProcessor,
+            EventType,
+            process_partial_response,
+        )
+
+        chosen = client if client is not None else _replay_client()
+        raw_records = event.get("Records") or []
+        records = [ReplayRecord(str(r.get("messageId")), str(r.get("body", "")))
+                   for r in raw_records]
+        result = replay_records(records, chosen, _deadline(context, margin_ms))
+        logger.info("amp_lite replay %s", json.dumps(result.summary(), sort_keys=True))
+
+        def record_handler(record: Any) -> None:
+            reason = result.failed.get(record.message_id)
+            if reason is not None:
+                raise ReplayRecordError(reason)
+
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        return process_partial_response(event=dict(event), record_handler=record_handler,
+                                        processor=processor, context=context)
+
+    return handler
+
+
+def _deadline(context: Any, margin_ms: float) -> Deadline:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        return Deadline.after(min(REPLAY_FLUSH_TIMEOUT_S, (remaining() - margin_ms) / 1000))
+    return Deadline.after(REPLAY_FLUSH_TIMEOUT_S)
+
+
+@functools.cache
+def _replay_client() -> Amplitude:
+    # Replayed events that fail again go back to SQS by redelivery, not to another sink.
+    return Amplitude(api_key=api_key_from_environment(), overflow=None)
+
+
+def handler(event: Mapping[str, Any], context: Any) -> Any:
+    """The replay consumer for template.yaml: `amp_lite.replay.handler`."""
+    return _default_handler()(event, context)
+
+
+@functools.cache
+def _default_handler() -> Callable[[Mapping[str, Any], Any], Any]:
+    return make_handler()
