@@ -280,6 +280,9 @@ class Amplitude:
         if not self.config.enabled:
             return DeliveryReport()
         events = buffer.drain()
+        if not events and not self._api_key_known():
+            # Nothing to send, and finding the spill would need the key: don't fetch it yet.
+            return self._finish(buffer.take_early(), started)
         try:
             sender = self._sender()
         except ConfigError:
@@ -411,6 +414,9 @@ class Amplitude:
                       max_bytes=self.config.max_request_bytes,
                       request_timeout_s=self.config.request_timeout_s)
 
+
+    def _api_key_known(self) -> bool:
+        return bool(self.config.api_key or self._fetched_api_key)
 
     def _api_key(self) -> str:
         provider = self.config.api_key_provider

@@ -139,11 +139,15 @@ def resolve_config(
     if key is not None and (not isinstance(key, str) or not key.strip()):
         raise ConfigError("api_key: must be a non-empty string (or a function returning one)")
     zone = _resolve_zone(server_zone, env)
-    url = server_url if server_url is not None else (env.get(ENV_SERVER_URL) or None)
-    if url is None:
-        url = SERVER_URLS[(zone, bool(use_batch))]
+    env_url = env.get(ENV_SERVER_URL) or None
+    if server_url is not None:
+        _check_url(server_url, "server_url")
+        url = server_url
+    elif env_url is not None and server_zone is None and not use_batch:
+        _check_url(env_url, ENV_SERVER_URL)  # an explicit zone or use_batch argument wins
+        url = env_url
     else:
-        _check_url(url, "server_url" if server_url is not None else ENV_SERVER_URL)
+        url = SERVER_URLS[(zone, bool(use_batch))]
     host = urlsplit(url).hostname or ""
     is_batch = urlsplit(url).path.rstrip("/").endswith("/batch")
     return ClientConfig(
