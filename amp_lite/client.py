@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -313,11 +314,15 @@ class Amplitude:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
 
-    def send_events(self, events: Sequence[BufferedEvent], deadline: Deadline) -> SendOutcome:
+    def send_events(self, events: Sequence[BufferedEvent], deadline: Deadline, *,
+                    min_id_length: int | None = None) -> SendOutcome:
         """Deliver already-encoded events with the retry strategy, without overflow: what is
-        unsettled comes back in the outcome (the replay consumer uses this). Raises
-        ConfigError when no API key is configured."""
+        unsettled comes back in the outcome (the replay consumer uses this). `min_id_length`
+        overrides the client's request option. Raises ConfigError when no API key is
+        configured."""
         sender = self._sender()
+        if min_id_length is not None:
+            sender = dataclasses.replace(sender, min_id_length=min_id_length)
         return self._bound_retry(sender).send_events_with_retry(events, deadline)
 
     def _bound_retry(self, sender: Sender) -> Retry:
@@ -364,7 +369,8 @@ class Amplitude:
         for sink in sinks:
             left = events
             try:
-                sink.write(events, reason=reason, attempts=attempts, deadline=deadline)
+                sink.write(events, reason=reason, attempts=attempts, deadline=deadline,
+                           min_id_length=self.config.min_id_length)
                 left = []
             except OverflowWriteError as exc:
                 logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)

@@ -67,8 +67,10 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
                    deadline: Deadline) -> ReplayResult:
     """Deliver the events of `records` in as few requests as possible; decide each record."""
     result = ReplayResult(messages=len(records))
-    per_record: dict[str, list[str]] = {}
-    unique: dict[str, BufferedEvent] = {}
+    per_record: dict[str, list[_Key]] = {}
+    # Grouped by the min_id_length option the events were tracked under; de-duplicated on
+    # Amplitude's own key, so a message delivered twice sends nothing twice.
+    groups: dict[int | None, dict[_Key, BufferedEvent]] = {}
     for record in records:
         try:
             decoded = decode_message(record.body)
@@ -83,26 +85,35 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
                          decoded.unreadable_events, record.message_id)
             result.rejected["unreadable_event"] += decoded.unreadable_events
         result.events += len(decoded.events) + decoded.unreadable_events
-        per_record[record.message_id] = [e.insert_id for e in decoded.events]
+        per_record[record.message_id] = [_key(e) for e in decoded.events]
+        group = groups.setdefault(decoded.min_id_length, {})
         for event in decoded.events:
-            unique.setdefault(event.insert_id, event)  # a duplicate message sends nothing twice
-    if not unique:
-        return result
-    outcome = client.send_events(list(unique.values()), deadline)
-    result.attempts = outcome.attempts
-    result.delivered = len(outcome.delivered)
-    for reason, events in outcome.rejected.items():
-        result.rejected[reason] += len(events)
-    unsettled: dict[str, str] = {}
-    for reason, events in outcome.unsettled.items():
-        result.unsettled[reason] += len(events)
-        unsettled.update((e.insert_id, reason) for e in events)
-    for message_id, insert_ids in per_record.items():
-        reasons = Counter(unsettled[i] for i in insert_ids if i in unsettled)
+            group.setdefault(_key(event), event)
+    unsettled: dict[_Key, str] = {}
+    for min_id_length, group in groups.items():
+        outcome = client.send_events(list(group.values()), deadline,
+                                     min_id_length=min_id_length)
+        result.attempts += outcome.attempts
+        result.delivered += len(outcome.delivered)
+        for reason, events in outcome.rejected.items():
+            result.rejected[reason] += len(events)
+        for reason, events in outcome.unsettled.items():
+            result.unsettled[reason] += len(events)
+            unsettled.update((_key(e), reason) for e in events)
+    for message_id, keys in per_record.items():
+        reasons = Counter(unsettled[k] for k in keys if k in unsettled)
         if reasons:
             result.failed[message_id] = "undelivered events: " + ", ".join(
                 f"{reason} {count}" for reason, count in sorted(reasons.items()))
     return result
+
+
+_Key = tuple[str, str]
+
+
+def _key(event: BufferedEvent) -> _Key:
+    """Amplitude's de-duplication key: (device_id, or the user when there is none; insert_id)."""
+    return (event.device_id or f"user:{event.user_id}", event.insert_id)
 
 
 class ReplayRecordError(AmpLiteError):

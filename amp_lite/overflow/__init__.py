@@ -1,8 +1,10 @@
 """Overflow sinks: where events go that could not be delivered within a flush's budget.
 
 A sink has a `name` (used in reports), a `reserve_s` (time the flush keeps back for writing to
-it) and `write(events, *, reason, attempts, deadline)`, which raises OverflowWriteError when it
-cannot take them. A sink that the next flush can read back from (the local spill) also has
+it) and `write(events, *, reason, attempts, deadline, min_id_length=None)`, which raises
+OverflowWriteError when it cannot take them (listing the `unwritten` ones when it took
+others). `min_id_length` is the client's request option, which a replay must send them with.
+A sink that the next flush can read back from (the local spill) also has
 `claim(max_events=...)`.
 """
 
@@ -23,7 +25,7 @@ class OverflowSink(Protocol):
     reserve_s: float
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None: ...
+              deadline: Deadline, min_id_length: int | None = None) -> None: ...
 
 
 @runtime_checkable

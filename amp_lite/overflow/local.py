@@ -72,11 +72,12 @@ class LocalSpill:
         return f"LocalSpill({str(self.directory)!r}, max_bytes={self.max_bytes})"
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         if not events:
             return
         header = {"v": SPILL_FORMAT_VERSION, "reason": reason, "attempts": attempts,
-                  "overflowed_at_ms": int(time.time() * 1000), "count": len(events)}
+                  "overflowed_at_ms": int(time.time() * 1000), "count": len(events),
+                  "min_id_length": min_id_length}
         content = b"\n".join([json.dumps(header).encode(), *(e.raw for e in events)]) + b"\n"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

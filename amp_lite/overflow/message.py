@@ -50,6 +50,7 @@ class DecodedMessage:
 
     reason: str
     attempts: int
+    min_id_length: int | None = None
     events: list[BufferedEvent] = field(default_factory=list)
     unreadable_events: int = 0
 
@@ -72,11 +73,28 @@ def attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
                for name, attr in attributes.items())
 
 
-def _envelope(reason: str, attempts: int, overflowed_at_ms: int) -> tuple[bytes, bytes]:
-    head = json.dumps({"v": FORMAT_VERSION, "source": LIBRARY, "reason": reason,
-                       "attempts": attempts, "overflowed_at_ms": overflowed_at_ms},
-                      separators=(",", ":"))
+def _envelope(reason: str, attempts: int, overflowed_at_ms: int,
+              min_id_length: int | None = None) -> tuple[bytes, bytes]:
+    fields: dict[str, Any] = {"v": FORMAT_VERSION, "source": LIBRARY, "reason": reason,
+                              "attempts": attempts, "overflowed_at_ms": overflowed_at_ms}
+    if min_id_length is not None:  # the request option the events were valid under
+        fields["min_id_length"] = min_id_length
+    head = json.dumps(fields, separators=(",", ":"))
     return head[:-1].encode() + b',"events":[', b"]}"
+
+
+def _fixed_size(reason: str, attempts: int, overflowed_at_ms: int,
+                min_id_length: int | None) -> int:
+    """Bytes a message takes beyond its events: envelope and attributes."""
+    head, tail = _envelope(reason, attempts, overflowed_at_ms, min_id_length)
+    return attributes_size(message_attributes(reason)) + len(head) + len(tail)
+
+
+def fits_in_a_message(event: BufferedEvent, *, reason: str, attempts: int,
+                      overflowed_at_ms: int, min_id_length: int | None = None) -> bool:
+    """Whether `event` alone fits an SQS message with this envelope and its attributes."""
+    fixed = _fixed_size(reason, attempts, overflowed_at_ms, min_id_length)
+    return fixed + len(_xml_safe(event.raw)) <= MAX_MESSAGE_BYTES
 
 
 def _xml_safe(raw: bytes) -> bytes:
@@ -89,11 +107,12 @@ def _xml_safe(raw: bytes) -> bytes:
 
 
 def pack_messages(events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-                  overflowed_at_ms: int) -> list[OverflowMessage]:
+                  overflowed_at_ms: int, min_id_length: int | None = None,
+                  ) -> list[OverflowMessage]:
     """Pack `events`, in order, into as few messages as the 1 MiB limit allows."""
     attributes = message_attributes(reason)
-    head, tail = _envelope(reason, attempts, overflowed_at_ms)
-    fixed = attributes_size(attributes) + len(head) + len(tail)
+    head, tail = _envelope(reason, attempts, overflowed_at_ms, min_id_length)
+    fixed = _fixed_size(reason, attempts, overflowed_at_ms, min_id_length)
     messages: list[OverflowMessage] = []
     chunk: list[tuple[BufferedEvent, bytes]] = []
     size = fixed
@@ -139,15 +158,17 @@ def decode_message(body: str | bytes) -> DecodedMessage:
         message = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageFormatError(f"not JSON ({type(exc).__name__})") from None
-    if not isinstance(message, dict) or message.get("v") != FORMAT_VERSION:
-        version = message.get("v") if isinstance(message, dict) else None
+    version = message.get("v") if isinstance(message, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1 is not a version
         raise MessageFormatError(f"not an amp-lite overflow message of version "
                                  f"{FORMAT_VERSION} (v={version!r})")
     events = message.get("events")
     if not isinstance(events, list):
         raise MessageFormatError("the message has no events list")
+    min_id_length = message.get("min_id_length")
     decoded = DecodedMessage(reason=str(message.get("reason", "")),
-                             attempts=_int(message.get("attempts")))
+                             attempts=_int(message.get("attempts")),
+                             min_id_length=min_id_length if _int(min_id_length) > 0 else None)
     for event in events:
         parsed = _event(event)
         if parsed is None:

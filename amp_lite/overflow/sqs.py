@@ -18,7 +18,7 @@ from typing import Any
 from ..deadline import Deadline
 from ..errors import ConfigError, OverflowWriteError
 from ..wire import BufferedEvent
-from .message import OverflowMessage, pack_batches, pack_messages
+from .message import OverflowMessage, fits_in_a_message, pack_batches, pack_messages
 
 logger = logging.getLogger("amp_lite")
 
@@ -27,7 +27,7 @@ DEFAULT_RESERVE_S = 0.5  # an in-region SendMessageBatch takes tens of milliseco
 MAX_SEND_ROUNDS = 3  # per batch: the first send and up to two resends of Failed entries
 # botocore clients are cached per timeout step: building one costs ~20 ms, and the reserve is
 # usually the same from flush to flush, so one or two clients serve a whole environment.
-TIMEOUT_STEPS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+TIMEOUT_STEPS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _REGION_IN_URL = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNORECASE)
 
 
@@ -58,16 +58,26 @@ class SQSOverflow:
         return f"SQSOverflow({self.queue_url!r})"
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
-        messages = pack_messages(events, reason=reason, attempts=attempts,
-                                 overflowed_at_ms=int(time.time() * 1000))
-        unwritten: list[BufferedEvent] = []
+              deadline: Deadline, min_id_length: int | None = None) -> None:
+        now_ms = int(time.time() * 1000)
+        fitting: list[BufferedEvent] = []
+        too_large: list[BufferedEvent] = []
+        for event in events:
+            fits = fits_in_a_message(event, reason=reason, attempts=attempts,
+                                     overflowed_at_ms=now_ms, min_id_length=min_id_length)
+            (fitting if fits else too_large).append(event)
+        if too_large:
+            logger.warning("amp_lite: %d events are too large for an SQS message",
+                           len(too_large))
+        messages = pack_messages(fitting, reason=reason, attempts=attempts,
+                                 overflowed_at_ms=now_ms, min_id_length=min_id_length)
+        unwritten: list[BufferedEvent] = list(too_large)
+        failed = False  # after a batch fails, the rest are not tried: SQS is in trouble
         for batch in pack_batches(messages):
-            if unwritten or deadline.expired():
-                unwritten.extend(e for m in batch for e in m.events)
-                continue
-            for message in self._send_batch(batch, deadline):
-                unwritten.extend(message.events)
+            left = (list(batch) if failed or deadline.expired()
+                    else self._send_batch(batch, deadline))
+            failed = failed or bool(left)
+            unwritten.extend(e for m in left for e in m.events)
         if unwritten:
             raise OverflowWriteError(
                 f"SQS took {len(events) - len(unwritten)} of {len(events)} events",
@@ -104,8 +114,11 @@ class SQSOverflow:
     def _client(self, deadline: Deadline) -> Any:
         if self._given_client is not None:
             return self._given_client
-        remaining = deadline.remaining_s()
-        step = max((s for s in TIMEOUT_STEPS_S if s <= remaining), default=TIMEOUT_STEPS_S[0])
+        # Connect and read each get at most half of what is left: together, never more.
+        half = deadline.remaining_s() / 2
+        step = max((s for s in TIMEOUT_STEPS_S if s <= half), default=None)
+        if step is None:
+            raise OverflowWriteError("no time left to write to SQS")
         with self._lock:
             client = self._clients.get(step)
             if client is None:

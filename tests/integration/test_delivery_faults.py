@@ -37,7 +37,7 @@ class RecordingSink:
     writes: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         self.writes.append((reason, [e.insert_id for e in events]))
 
     def ids(self, reason: str) -> list[str]:

@@ -190,8 +190,9 @@ def lambda_runtime(handler: str, *, env: Mapping[str, str], python_path: Sequenc
                    isolated_path: bool = False) -> Iterator[RuntimeProcess]:
     """Run `python -m awslambdaric <handler>` against a fresh FakeRuntimeAPI.
 
-    `python_path` is prepended to PYTHONPATH (the repository root comes after it unless
-    `isolated_path`, which is how a layer is checked as shipped).
+    `python_path` is prepended to PYTHONPATH, then the repository root. With `isolated_path`
+    the interpreter runs with -S (no site-packages) and only `python_path` (plus the standard
+    library): how a layer is checked as shipped, with the runtime client in `python_path`.
     """
     api = FakeRuntimeAPI(timeout_ms=timeout_ms).start()
     paths = [str(p) for p in python_path] + ([] if isolated_path else [str(REPO_ROOT)])
@@ -209,7 +210,8 @@ def lambda_runtime(handler: str, *, env: Mapping[str, str], python_path: Sequenc
     }
     log_path = log_dir / f"runtime-{uuid.uuid4().hex[:8]}.log"
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would block the child
-        process = subprocess.Popen([sys.executable, "-m", "awslambdaric", handler],
+        flags = ["-S"] if isolated_path else []
+        process = subprocess.Popen([sys.executable, *flags, "-m", "awslambdaric", handler],
                                    env=child_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield RuntimeProcess(api, process, log_path)

@@ -72,7 +72,7 @@ class RecordingSink:
         self.written: list[tuple[list[str], str]] = []
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         self.written.append(([e.insert_id for e in events], reason))
 
 
@@ -85,7 +85,7 @@ class FailingSink:
         self.calls = 0
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         self.calls += 1
         raise self.error
 

@@ -99,7 +99,7 @@ class RecordingSink:
     written_at: list[float] = field(default_factory=list)
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         self.written_at.append(self.clock())
         self.written += [(e.insert_id, reason) for e in events]
 
