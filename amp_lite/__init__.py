@@ -8,6 +8,7 @@
         return {"statusCode": 200}
 """
 
+from . import gcp
 from ._logging import configure_logger
 from ._version import __version__
 from .client import Amplitude, Invocation
@@ -33,9 +34,35 @@ from .wire import BufferedEvent
 configure_logger()
 
 __all__ = [
-    "AmpLiteError", "Amplitude", "BaseRetryHandler", "BufferedEvent", "ConfigError", "Deadline",
-    "DeliveryReport", "Event", "Identify", "IngestionMetadata", "InvalidEventError", "Invocation",
-    "OfflineRetryHandler", "OverflowWriteError", "Plan", "Retry", "RetryHandler", "Revenue",
-    "SendOutcome", "TransportError", "__version__", "amplitude_flush", "flush", "get_client",
-    "group_identify", "identify", "revenue", "set_client", "set_group", "track",
+    "AmpLiteError",
+    "Amplitude",
+    "BaseRetryHandler",
+    "BufferedEvent",
+    "ConfigError",
+    "Deadline",
+    "DeliveryReport",
+    "Event",
+    "Identify",
+    "IngestionMetadata",
+    "InvalidEventError",
+    "Invocation",
+    "OfflineRetryHandler",
+    "OverflowWriteError",
+    "Plan",
+    "Retry",
+    "RetryHandler",
+    "Revenue",
+    "SendOutcome",
+    "TransportError",
+    "__version__",
+    "amplitude_flush",
+    "flush",
+    "gcp",
+    "get_client",
+    "group_identify",
+    "identify",
+    "revenue",
+    "set_client",
+    "set_group",
+    "track",
 ]

@@ -1,9 +1,13 @@
 """`@amplitude_flush`: open an invocation scope around a handler and flush it in `finally`.
 
 Usable bare (`@amplitude_flush`, the default client), with a client (`@amplitude_flush(client)`)
-or with options (`@amplitude_flush(client=..., margin_ms=..., flush_timeout_s=...)`). The
-handler's return value and exception pass through unchanged (invariant I4): the flush at exit
-never raises, and a client that cannot be built is logged, not raised.
+or with options (`@amplitude_flush(client=..., margin_ms=..., flush_timeout_s=...)`). It
+recognises the call shape: `(event, context)` is AWS Lambda, whose context says how long is
+left; a single argument (a Flask request or a CloudEvent) is Google Cloud Functions, whose
+budget is the function's timeout from the start of the request (see `amp_lite.gcp`).
+
+The handler's return value and exception pass through unchanged (invariant I4): the flush at
+exit never raises, and a client that cannot be built is logged, not raised.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from .client import Amplitude, Invocation
 from .default import get_client
@@ -23,6 +27,7 @@ logger = logging.getLogger("amp_lite")
 DEFAULT_MARGIN_MS = 500
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+Platform = Literal["auto", "lambda", "gcp"]
 
 
 @overload
@@ -32,37 +37,46 @@ def amplitude_flush(handler: Handler, /) -> Handler: ...
 @overload
 def amplitude_flush(
     client: Amplitude | None = None, /, *, margin_ms: float = ...,
-    flush_timeout_s: float | None = ...,
+    flush_timeout_s: float | None = ..., timeout_s: float | None = ...,
 ) -> Callable[[Handler], Handler]: ...
 
 
 @overload
 def amplitude_flush(
     *, client: Amplitude | None = None, margin_ms: float = ...,
-    flush_timeout_s: float | None = ...,
+    flush_timeout_s: float | None = ..., timeout_s: float | None = ...,
 ) -> Callable[[Handler], Handler]: ...
 
 
 def amplitude_flush(
     target: Any = None, /, *, client: Amplitude | None = None,
     margin_ms: float = DEFAULT_MARGIN_MS, flush_timeout_s: float | None = None,
+    timeout_s: float | None = None,
 ) -> Any:
-    """Flush the handler's events synchronously when it exits, within the remaining time."""
+    """Flush the handler's events synchronously when it exits, within the time it has left.
+
+    `timeout_s` is the function's timeout on platforms without a remaining-time API (Cloud
+    Functions); Lambda's context is used when there is one.
+    """
     if callable(target) and not isinstance(target, Amplitude):
-        return _wrap(target, client, margin_ms, flush_timeout_s)
+        return wrap_handler(target, client=client, margin_ms=margin_ms,
+                            flush_timeout_s=flush_timeout_s, timeout_s=timeout_s)
     chosen = target if isinstance(target, Amplitude) else client
 
     def decorate(handler: Handler) -> Handler:
-        return _wrap(handler, chosen, margin_ms, flush_timeout_s)
+        return wrap_handler(handler, client=chosen, margin_ms=margin_ms,
+                            flush_timeout_s=flush_timeout_s, timeout_s=timeout_s)
 
     return decorate
 
 
-def _wrap(handler: Handler, client: Amplitude | None, margin_ms: float,
-          flush_timeout_s: float | None) -> Handler:
+def wrap_handler(handler: Handler, *, client: Amplitude | None, margin_ms: float,
+                 flush_timeout_s: float | None, timeout_s: float | None = None,
+                 platform: Platform = "auto") -> Handler:
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _open_scope(client, _remaining_time_fn(args, kwargs), margin_ms, flush_timeout_s)
+        scope = _open_scope(client, args, kwargs, margin_ms, flush_timeout_s, timeout_s,
+                            platform)
         if scope is None:
             return handler(*args, **kwargs)
         with scope:
@@ -71,10 +85,17 @@ def _wrap(handler: Handler, client: Amplitude | None, margin_ms: float,
     return wrapper  # type: ignore[return-value]
 
 
-def _open_scope(client: Amplitude | None, remaining: Callable[[], int] | None,
-                margin_ms: float, flush_timeout_s: float | None) -> Invocation | None:
+def _open_scope(client: Amplitude | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+                margin_ms: float, flush_timeout_s: float | None, timeout_s: float | None,
+                platform: Platform) -> Invocation | None:
     try:
         chosen = client if client is not None else get_client()
+        if platform == "gcp" or (platform == "auto" and _is_single_argument(args, kwargs)):
+            from .gcp import function_timeout_s
+
+            return chosen.invocation(timeout_s=function_timeout_s(timeout_s),
+                                     margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
+        remaining = _remaining_time_fn(args, kwargs)
         if remaining is None:
             logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
                          "bounded by flush_timeout_s only")
@@ -84,6 +105,11 @@ def _open_scope(client: Amplitude | None, remaining: Callable[[], int] | None,
         logger.exception("amp_lite: could not open an invocation scope; events of this "
                          "invocation go to the client's own buffer")
         return None
+
+
+def _is_single_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A Cloud Functions call: one argument (request or cloud_event), no Lambda context."""
+    return len(args) + len(kwargs) == 1 and "context" not in kwargs
 
 
 def _remaining_time_fn(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], int] | None:
