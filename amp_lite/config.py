@@ -35,9 +35,10 @@ MAX_PROPERTY_DEPTH = 40
 DEFAULT_MIN_ID_LENGTH = 5  # server default when options.min_id_length is not sent (section 2.2)
 
 # A scope's buffer past either cap overflows its oldest events at once, so a handler that
-# tracks without limit keeps bounded memory (roughly 1 KiB per buffered event).
-DEFAULT_MAX_BUFFERED_EVENTS = 200_000
-DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+# tracks without limit keeps bounded memory: about 2x the encoded bytes in Python objects,
+# which fits a 128 MB Lambda next to the handler's own needs.
+DEFAULT_MAX_BUFFERED_EVENTS = 100_000
+DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
 # Timing defaults.
 DEFAULT_FLUSH_TIMEOUT_S = 10.0  # cap on one flush; the platform deadline usually binds first
