@@ -30,7 +30,7 @@ from .config import (
     resolve_config,
 )
 from .deadline import Deadline
-from .errors import ConfigError, InvalidEventError, OverflowWriteError
+from .errors import ConfigError, InvalidEventError, OverflowWriteError, brief
 from .event import (
     GROUP_IDENTIFY_EVENT,
     IDENTIFY_EVENT,
@@ -534,8 +534,8 @@ def _check_identify(identify: Any, method: str) -> None:
 
 def _check_group(group_type: Any, group_name: Any) -> None:
     if not isinstance(group_type, str) or not group_type:
-        raise InvalidEventError(f"group_type: must be a non-empty string, got {group_type!r}")
+        raise InvalidEventError(f"group_type: must be a non-empty string, got {brief(group_type)}")
     names = group_name if isinstance(group_name, list) else [group_name]
     if not names or not all(isinstance(n, str) and n for n in names):
         raise InvalidEventError("group_name: must be a non-empty string or a list of them, "
-                                f"got {group_name!r}")
+                                f"got {brief(group_name)}")

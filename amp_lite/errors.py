@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .wire import BufferedEvent
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 80  # enough to recognise a value, never a 2 MB message
+
+
+def brief(value: Any) -> str:
+    """A short repr of a caller's value for an error message; never raises (an int too long
+    to print, a __repr__ that fails)."""
+    try:
+        return _BRIEF.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 class AmpLiteError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidEventError
+from .errors import InvalidEventError, brief
 
 IDENTIFY_EVENT = "$identify"
 GROUP_IDENTIFY_EVENT = "$groupidentify"
@@ -83,7 +83,7 @@ class Identify:
 
     def add(self, key: str, value: int | float) -> Identify:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidEventError(f"Identify.add({key!r}): value must be a number, "
+            raise InvalidEventError(f"Identify.add({brief(key)}): value must be a number, "
                                     f"got {type(value).__name__}")
         return self._add(OP_ADD, key, value)
 
@@ -114,14 +114,14 @@ class Identify:
     def _add(self, operation: str, key: str, value: Any) -> Identify:
         name = f"Identify.{_OPERATION_METHODS[operation]}"
         if OP_CLEAR_ALL in self._operations:
-            raise InvalidEventError(f"{name}({key!r}): no operation may follow clear_all()")
+            raise InvalidEventError(f"{name}({brief(key)}): no operation may follow clear_all()")
         if not isinstance(key, str) or not key:
-            raise InvalidEventError(f"{name}: key must be a non-empty string, got {key!r}")
+            raise InvalidEventError(f"{name}: key must be a non-empty string, got {brief(key)}")
         if key in self._keys:
-            raise InvalidEventError(f"{name}({key!r}): key already has an operation in this "
+            raise InvalidEventError(f"{name}({brief(key)}): key already has an operation in this "
                                     "Identify (one operation per key)")
         if value is None:
-            raise InvalidEventError(f"{name}({key!r}): value must not be None (use unset())")
+            raise InvalidEventError(f"{name}({brief(key)}): value must not be None (use unset())")
         self._operations.setdefault(operation, {})[key] = value
         self._keys.add(key)
         return self
@@ -170,9 +170,11 @@ class Revenue:
     def event_properties(self) -> dict[str, Any]:
         """The event properties as the official SDK sends them (None values are left out)."""
         if isinstance(self.price, bool) or not isinstance(self.price, (int, float)):
-            raise InvalidEventError(f"Revenue.price: must be a number, got {self.price!r}")
+            raise InvalidEventError(
+                f"Revenue.price: must be a number, got {brief(self.price)}")
         if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
-            raise InvalidEventError(f"Revenue.quantity: must be an integer, got {self.quantity!r}")
+            raise InvalidEventError(
+                f"Revenue.quantity: must be an integer, got {brief(self.quantity)}")
         if self.properties is not None and not isinstance(self.properties, Mapping):
             raise InvalidEventError("Revenue.properties: must be a mapping")
         props: dict[str, Any] = dict(self.properties or {})

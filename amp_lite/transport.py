@@ -66,11 +66,14 @@ class _DeadlineSocket:
         return self._sock.recv_into(buffer, nbytes, flags)
 
     def makefile(self, mode: str = "rb", buffering: int = -1, **_: Any) -> io.BufferedReader:
+        # Count the reader on the real socket, as socket.makefile does: when http.client
+        # closes the connection on "Connection: close", the socket stays open for the body.
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
         return io.BufferedReader(socket.SocketIO(self, "rb"),  # type: ignore[arg-type]
                                  io.DEFAULT_BUFFER_SIZE)
 
-    def _decref_socketios(self) -> None:  # called by SocketIO.close; the real socket stays
-        pass
+    def _decref_socketios(self) -> None:  # called by SocketIO.close
+        self._sock._decref_socketios()  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -96,7 +99,8 @@ class _DeadlineMixin:
         try:
             return super().getresponse()  # type: ignore[misc]
         finally:
-            self.sock = real
+            if self.sock is not None:  # None: http.client closed it ("Connection: close")
+                self.sock = real
 
 
 class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
@@ -176,6 +180,10 @@ class HttpTransport:
             return Reply(None, error="connection_dropped")
         except (HTTPError, OSError) as exc:
             return Reply(None, error=f"protocol:{type(exc).__name__}")
+        except Exception as exc:  # an HTTP-stack fault must not drop the batch: retry it
+            logger.warning("amp_lite: unexpected %s from the HTTP client; retrying",
+                           type(exc).__name__, exc_info=True)
+            return Reply(None, error=f"unexpected:{type(exc).__name__}")
         return _read_reply(response, deadline)
 
 
@@ -208,7 +216,7 @@ def _discard(response: Any, error: str) -> Reply:
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
         parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack
         return None
     return parsed if isinstance(parsed, dict) else None
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ._version import LIBRARY
 from .config import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH, ClientConfig
-from .errors import InvalidEventError
+from .errors import InvalidEventError, brief
 from .event import GROUP_IDENTIFY_EVENT
 from .wire import BufferedEvent, request_overhead
 
@@ -136,7 +136,8 @@ class EventEncoder:
         time_ms = wire["time"]
         if not MIN_EPOCH_MS <= time_ms < MAX_EPOCH_MS:
             raise InvalidEventError(
-                f"time: must be epoch milliseconds (e.g. {now_ms()}), got {time_ms} "
+                f"time: must be epoch milliseconds (e.g. {now_ms()}), got "
+                f"{brief(time_ms)} "
                 "(seconds? multiply by 1000)")
         if not wire["insert_id"]:
             raise InvalidEventError("insert_id: must be a non-empty string")
@@ -151,7 +152,7 @@ class EventEncoder:
                     f"(min_id_length), got {len(value)}")
             if value.strip().lower() in INVALID_IDS:
                 raise InvalidEventError(
-                    f"{id_field}: {value!r} is on Amplitude's list of invalid ids")
+                    f"{id_field}: {brief(value)} is on Amplitude's list of invalid ids")
             has_id = True
         if not has_id and wire["event_type"] != GROUP_IDENTIFY_EVENT:
             raise InvalidEventError("user_id/device_id: an event needs at least one of them")
@@ -164,7 +165,7 @@ def _unknown_field(key: Any) -> str:
 
 def _event_type(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidEventError(f"event_type: must be a non-empty string, got {value!r}")
+        raise InvalidEventError(f"event_type: must be a non-empty string, got {brief(value)}")
     return _truncate(value, path)
 
 
@@ -176,7 +177,7 @@ def _string(value: Any, path: str) -> str:
 
 def _boolean(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidEventError(f"{path}: must be true or false, got {value!r}")
+        raise InvalidEventError(f"{path}: must be true or false, got {brief(value)}")
     return value
 
 
@@ -198,27 +199,51 @@ def _mapping(value: Any, path: str) -> Any:
 
 
 def _dumps(wire: dict[str, Any]) -> bytes:
+    # Two rare faults are found only here, to keep the common path free of per-value checks.
     try:
         return _encode_json(wire).encode("utf-8")
     except UnicodeEncodeError:
-        path = _find_unencodable(wire, "event")
+        path = _find_path(wire, "", _is_unencodable) or "event"
         raise InvalidEventError(f"{path}: string is not valid Unicode "
                                 "(lone surrogate); it cannot be sent as UTF-8") from None
+    except ValueError:  # an int longer than Python converts to text (int_max_str_digits)
+        path = _find_path(wire, "", _is_too_long_int) or "event"
+        raise InvalidEventError(f"{path}: integer has too many digits to be written as JSON "
+                                "(Python's int_max_str_digits limit)") from None
 
 
-def _find_unencodable(value: Any, path: str) -> str:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return ""
+def _is_unencodable(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _is_too_long_int(value: Any) -> bool:
+    if not isinstance(value, int):
+        return False
+    try:
+        str(value)
+    except ValueError:
+        return True
+    return False
+
+
+def _find_path(value: Any, path: str, is_bad: Callable[[Any], bool]) -> str:
+    """The path (from the root path "") of the first key or value in `value` for which
+    `is_bad` holds, or ""."""
+    if is_bad(value):
+        return path
     items: Any = value.items() if isinstance(value, dict) else (
         enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
-        label = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
-        found = _find_unencodable(key, label) if isinstance(key, str) else ""
-        found = found or _find_unencodable(item, label)
+        label = (f"{path}[{key}]" if isinstance(value, list)
+                 else f"{path}.{key}" if path else str(key))
+        found = (label if isinstance(key, str) and is_bad(key)
+                 else _find_path(item, label, is_bad))
         if found:
             return found
     return ""
@@ -239,12 +264,14 @@ def _integer(value: Any, path: str) -> int:
         return value
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
-    raise InvalidEventError(f"{path}: must be an integer (or an integral float), got {value!r}")
+    raise InvalidEventError(
+        f"{path}: must be an integer (or an integral float), got {brief(value)}")
 
 
 def _finite_number(value: Any, path: str) -> float | int:
     if isinstance(value, Decimal):
-        value = float(value)
+        # is_finite first: float() of a signalling NaN raises instead of giving nan
+        value = float(value) if value.is_finite() else math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEventError(f"{path}: must be a number, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -293,7 +320,7 @@ def _normalise_mapping(value: Mapping[Any, Any], path: str, depth: int, active: 
         if type(key) is not str:
             if not isinstance(key, str):
                 raise InvalidEventError(f"{path}: keys must be strings, got "
-                                        f"{type(key).__name__} key {key!r}")
+                                        f"{type(key).__name__} key {brief(key)}")
             key = str(key)  # noqa: PLW2901 - a str subclass, made plain
         if len(key) > MAX_STRING_LENGTH:
             key = _truncate(key, f"{path} key")  # noqa: PLW2901

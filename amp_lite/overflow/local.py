@@ -81,7 +81,7 @@ class LocalSpill:
         content = b"\n".join([json.dumps(header).encode(), *(e.raw for e in events)]) + b"\n"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            used = self.used_bytes()
+            used = self.used_bytes(include_claimed=False)
             if used + len(content) > self.max_bytes:
                 raise OverflowWriteError(
                     f"local spill full: {used} + {len(content)} bytes > max_bytes "
@@ -97,11 +97,17 @@ class LocalSpill:
             raise OverflowWriteError(f"local spill write failed in {self.directory}: "
                                      f"{type(exc).__name__}") from exc
 
-    def used_bytes(self) -> int:
+    def used_bytes(self, *, include_claimed: bool = True) -> int:
+        """Bytes in the directory. The cap leaves out files claimed by a flush in progress:
+        they are deleted when it ends, and its events that fail again are written anew, so
+        counting both would refuse that re-spill once the spill is half full. Between flushes
+        the directory holds at most `max_bytes`; during one, also what that flush claimed."""
         total = 0
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
+                    if not include_claimed and CLAIM_MARK in entry.name:
+                        continue
                     try:
                         total += entry.stat().st_size
                     except FileNotFoundError:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._version import LIBRARY
+from ..errors import brief
 from ..wire import BufferedEvent
 
 FORMAT_VERSION = 1
@@ -156,12 +157,12 @@ def decode_message(body: str | bytes) -> DecodedMessage:
     version-1 amp-lite message; unreadable events inside a good message are counted."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting past the stack
         raise MessageFormatError(f"not JSON ({type(exc).__name__})") from None
     version = message.get("v") if isinstance(message, dict) else None
     if type(version) is not int or version != FORMAT_VERSION:  # True == 1 is not a version
         raise MessageFormatError(f"not an amp-lite overflow message of version "
-                                 f"{FORMAT_VERSION} (v={version!r})")
+                                 f"{FORMAT_VERSION} (v={brief(version)})")
     events = message.get("events")
     if not isinstance(events, list):
         raise MessageFormatError("the message has no events list")

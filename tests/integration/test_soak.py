@@ -266,13 +266,6 @@ def test_soak_5000_warm_invocations_stay_flat_and_bounded(
     assert all(s.spill_bytes <= SPILL_MAX_BYTES for s in samples)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (found by the soak: its spill never got past ~half its cap, with sink_failed drops): "
-    "amp_lite/client.py Amplitude._deliver re-spills recovered events while their claimed "
-    "files still exist, and LocalSpill.write counts those files in used_bytes(); once the "
-    "spill is over half full the re-spill is refused, the recovered events are counted "
-    "dropped (sink_failed) and claim.complete() deletes the originals. Expected: recovered "
-    "events that fail again stay in the spill (claim released, or claimed files not counted)"))
 def test_recovered_events_that_fail_again_stay_in_a_half_full_spill(
         fake: FakeAmplitude, tmp_path: Path) -> None:
     # GIVEN a spill with room for ~20 events, and an outage that outlasts two flushes

@@ -7,8 +7,6 @@
 - Hostile replies (random bytes, huge bodies, truncated gzip, wrong content types): failures,
   retried and then overflowed, inside the flush deadline.
 - Hostile SQS messages in replay: reported per record, never crashing the batch.
-
-Known bugs are pinned by `xfail(strict=True)` tests at the end of each section.
 """
 
 from __future__ import annotations
@@ -92,11 +90,11 @@ huge_text = st.builds(lambda n, ch: ch * n,
 keys = st.one_of(odd_text, odd_text, huge_text.map(lambda s: s[:1100]), st.integers(),
                  st.none(), st.booleans(), st.floats(), st.tuples(st.integers()),
                  st.builds(Text, odd_text))
-# Ints longer than 4300 digits and Decimal('sNaN') are left to their own xfail tests below.
 numbers = st.one_of(
     st.integers(), st.sampled_from([2**63, -(2**63) - 1, 10**100, -(10**300)]),
+    st.integers(4301, 4400).map(lambda digits: 10**digits),  # past int_max_str_digits
     st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 5e-324]),
-    st.decimals(allow_nan=True, allow_infinity=True).filter(lambda d: not d.is_snan()),
+    st.decimals(allow_nan=True, allow_infinity=True),
     st.complex_numbers(max_magnitude=10),
 )
 scalars = st.one_of(
@@ -411,14 +409,9 @@ def test_revenue_refuses_clearly_or_sends_a_valid_event(
     check_track_or_refuse(server, call)
 
 
-# -- known bugs ----------------------------------------------------------------------------------
+# -- regressions: values that once escaped as a plain ValueError ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/validation.py EventEncoder.encode -> _dumps: an int of more than 4300 digits "
-    "in a property (or event_id/session_id/quantity) passes validation, then json.dumps raises "
-    "a plain ValueError ('Exceeds the limit (4300 digits) for integer string conversion') "
-    "instead of InvalidEventError naming the field"))
 @pytest.mark.parametrize("kwargs", [{"event_properties": {"n": 10**4301}},
                                     {"event_id": 10**4301}])
 def test_int_too_long_for_json_is_refused_with_invalid_event_error(
@@ -428,20 +421,12 @@ def test_int_too_long_for_json_is_refused_with_invalid_event_error(
         client.track("big", user_id="user-0001", **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/validation.py EventEncoder._check_identity: time=10**4301 fails the epoch "
-    "range check, but formatting the value into the message raises a plain ValueError "
-    "(int max str digits) instead of InvalidEventError('time: ...')"))
 def test_time_too_long_for_str_is_refused_with_invalid_event_error() -> None:
     client = Amplitude(API_KEY, overflow=None)
     with pytest.raises(InvalidEventError, match=r"^time:"):
         client.track("big", user_id="user-0001", time=10**4301)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/validation.py _finite_number: float(Decimal('sNaN')) raises a plain "
-    "ValueError ('cannot convert signaling NaN to float') instead of InvalidEventError "
-    "naming the field; expected the same refusal as Decimal('NaN')"))
 @pytest.mark.parametrize("kwargs", [{"event_properties": {"n": Decimal("sNaN")}},
                                     {"price": Decimal("sNaN")}])
 def test_signaling_nan_decimal_is_refused_with_invalid_event_error(
@@ -612,7 +597,7 @@ class RawReplyServer:
 
 def _gzip_reply(body: bytes, *, declared: int | None = None) -> bytes:
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-            b"Content-Length: %d\r\n\r\n")  # no Connection: close (see the xfail below)
+            b"Content-Length: %d\r\n\r\n")
     return head % (len(body) if declared is None else declared) + body
 
 
@@ -646,11 +631,6 @@ def test_complete_gzip_reply_is_delivered() -> None:
     assert (report.delivered, report.attempts, sink.written) == (len(ids), 1, [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/transport.py _json_object catches ValueError/UnicodeDecodeError only; a "
-    "reply nested deeper than the recursion limit (b'[' * 60000, under the 64 KiB cap) raises "
-    "RecursionError out of HttpTransport.post; Amplitude.flush_buffer's catch-all then counts "
-    "every event dropped (internal_error) instead of retrying and overflowing them"))
 def test_deeply_nested_reply_is_a_failure_not_a_drop(server: FakeAmplitude) -> None:
     server.reset()
     server.script(*[Fault.reply(200, b"[" * 60_000)] * 50)
@@ -658,16 +638,11 @@ def test_deeply_nested_reply_is_a_failure_not_a_drop(server: FakeAmplitude) -> N
     assert_failed_then_overflowed(report, sink, ids, elapsed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/transport.py _DeadlineMixin.getresponse: on a reply with 'Connection: close' "
-    "http.client closes self.sock (the _DeadlineSocket view, closing the real socket) and sets "
-    "it to None; the `finally: self.sock = real` then puts the CLOSED socket back, and the "
-    "pooled connection is reused by the next request: urllib3's is_connection_dropped raises "
-    "ValueError('file descriptor cannot be a negative integer (-1)'), which flush_buffer's "
-    "catch-all turns into dropped internal_error for EVERY event of the next flush (expected: "
-    "a fresh connection, events delivered)"))
-def test_connection_close_reply_does_not_drop_the_next_flush() -> None:
-    body = b'{"code": 200, "events_ingested": 1}'
+@pytest.mark.parametrize("padding", [0, 40_000], ids=["small-body", "body-past-first-read"])
+def test_connection_close_reply_does_not_drop_the_next_flush(padding: int) -> None:
+    # GIVEN a server that answers 200 with "Connection: close" (a body read in one piece, or
+    # one longer than the first buffered read, so the socket must stay open for the rest)
+    body = b'{"code": 200, "events_ingested": 1, "pad": "%s"}' % (b"x" * padding)
     reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
              b"Connection: close\r\n\r\n" % len(body)) + body
     with RawReplyServer(reply) as server:
@@ -787,11 +762,6 @@ def test_replay_handler_lists_only_hostile_records_as_failures(fake: FakeAmplitu
     assert sorted(fake.insert_ids) == sorted(e["insert_id"] for e in GOOD_EVENTS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: amp_lite/overflow/message.py decode_message catches ValueError/UnicodeDecodeError "
-    "only; a body nested past the recursion limit ('[' * 100000) raises RecursionError out of "
-    "replay_records, so the whole batch crashes (the good message is not delivered) instead "
-    "of that one record failing as 'not replayable'"))
 def test_replay_reports_deeply_nested_junk_without_crashing(fake: FakeAmplitude) -> None:
     client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
     result = replay_records(_records({"good": _message(GOOD_EVENTS), **DEEP_JUNK}), client,
