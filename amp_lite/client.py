@@ -286,15 +286,14 @@ class Amplitude:
             return self._finish(buffer.take_early(), started)
         try:
             sender = self._sender()
-        except ConfigError:
+        except ConfigError as exc:
             if events and raise_config_error:
                 buffer.put_back(events)
                 raise
             tally = buffer.take_early()
             tally.tracked += len(events)
-            if events:
-                logger.error("amp_lite: %d events dropped: no API key (set AMPLITUDE_API_KEY)",
-                             len(events))
+            if events:  # the error names the variable to fix (no key, or its fetch failed)
+                logger.error("amp_lite: %d events dropped: %s", len(events), exc)
                 tally.dropped[r.DROPPED_CONFIG] += len(events)
             return self._finish(tally, started)
         tally = buffer.take_early()  # events overflowed before the flush, past the buffer cap

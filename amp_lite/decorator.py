@@ -7,18 +7,22 @@ left; a single argument (a Flask request or a CloudEvent) is Google Cloud Functi
 budget is the function's timeout from the start of the request (see `amp_lite.gcp`).
 
 The handler's return value and exception pass through unchanged (invariant I4): the flush at
-exit never raises, and a client that cannot be built is logged, not raised.
+exit never raises, and a client that cannot be built is logged, not raised. Bad decorator
+arguments are a ConfigError when the handler is decorated (at import, in the init phase).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
 from .client import Amplitude, Invocation
+from .config import _positive_seconds
 from .default import get_client
+from .errors import ConfigError
 
 logger = logging.getLogger("amp_lite")
 
@@ -73,6 +77,8 @@ def amplitude_flush(
 def wrap_handler(handler: Handler, *, client: Amplitude | None, margin_ms: float,
                  flush_timeout_s: float | None, timeout_s: float | None = None,
                  platform: Platform = "auto") -> Handler:
+    _check_options(margin_ms, flush_timeout_s, timeout_s)  # at decoration: fails the init phase
+
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         scope = _open_scope(client, args, kwargs, margin_ms, flush_timeout_s, timeout_s,
@@ -85,26 +91,52 @@ def wrap_handler(handler: Handler, *, client: Amplitude | None, margin_ms: float
     return wrapper  # type: ignore[return-value]
 
 
+def _check_options(margin_ms: float, flush_timeout_s: float | None,
+                   timeout_s: float | None) -> None:
+    if isinstance(margin_ms, bool) or not isinstance(margin_ms, (int, float)) or not (
+            0 <= margin_ms < math.inf):
+        raise ConfigError(f"margin_ms: must be a non-negative number of milliseconds, "
+                          f"got {margin_ms!r}")
+    if flush_timeout_s is not None:
+        _positive_seconds(flush_timeout_s, "flush_timeout_s")
+    if timeout_s is not None:
+        _positive_seconds(timeout_s, "timeout_s")
+
+
 def _open_scope(client: Amplitude | None, args: tuple[Any, ...], kwargs: dict[str, Any],
                 margin_ms: float, flush_timeout_s: float | None, timeout_s: float | None,
                 platform: Platform) -> Invocation | None:
     try:
         chosen = client if client is not None else get_client()
-        if platform == "gcp" or (platform == "auto" and _is_single_argument(args, kwargs)):
-            from .gcp import function_timeout_s
-
-            return chosen.invocation(timeout_s=function_timeout_s(timeout_s),
-                                     margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
-        remaining = _remaining_time_fn(args, kwargs)
-        if remaining is None:
-            logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
-                         "bounded by flush_timeout_s only")
-        return chosen.invocation(remaining_time_ms=remaining, margin_ms=margin_ms,
-                                 flush_timeout_s=flush_timeout_s)
     except Exception:  # a broken configuration must not break the handler (I4)
-        logger.exception("amp_lite: could not open an invocation scope; events of this "
-                         "invocation go to the client's own buffer")
+        logger.exception("amp_lite: the default client could not be built; this invocation "
+                         "is not instrumented")
         return None
+    try:
+        return _scope_for_call(chosen, args, kwargs, margin_ms, flush_timeout_s, timeout_s,
+                               platform)
+    except Exception:
+        # e.g. a bad AMP_LITE_TIMEOUT_S: still flush this invocation's events, within the
+        # client's flush_timeout_s, rather than leave them in a buffer nobody flushes
+        logger.exception("amp_lite: bad flush settings; this invocation's flush is bounded "
+                         "by the client's flush_timeout_s")
+        return chosen.invocation(margin_ms=margin_ms)
+
+
+def _scope_for_call(client: Amplitude, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    margin_ms: float, flush_timeout_s: float | None, timeout_s: float | None,
+                    platform: Platform) -> Invocation:
+    if platform == "gcp" or (platform == "auto" and _is_single_argument(args, kwargs)):
+        from .gcp import function_timeout_s
+
+        return client.invocation(timeout_s=function_timeout_s(timeout_s),
+                                 margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
+    remaining = _remaining_time_fn(args, kwargs)
+    if remaining is None:
+        logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
+                     "bounded by flush_timeout_s only")
+    return client.invocation(remaining_time_ms=remaining, margin_ms=margin_ms,
+                             flush_timeout_s=flush_timeout_s)
 
 
 def _is_single_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

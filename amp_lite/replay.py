@@ -3,7 +3,8 @@
 `amp_lite.replay.handler` is an SQS-triggered Lambda handler (see template.yaml) and
 `make_handler(client)` builds one around your client. Both use Powertools' BatchProcessor for
 the partial batch response: a record whose events are all delivered or rejected succeeds; a
-record with throttled or undeliverable events is listed in `batchItemFailures`, so SQS
+record with throttled or undeliverable events, or events whose request Amplitude refused as a
+whole (invalid API key, 403, missing field), is listed in `batchItemFailures`, so SQS
 redelivers it after the visibility timeout (that is the throttle back-off) and, after
 maxReceiveCount, moves it to the dead-letter queue. A message that is not an amp-lite overflow
 message fails too (it ends in the dead-letter queue for a human); unreadable events inside a
@@ -28,6 +29,7 @@ from .decorator import DEFAULT_MARGIN_MS
 from .default import api_key_from_environment
 from .errors import AmpLiteError
 from .overflow.message import MessageFormatError, decode_message
+from .report import REQUEST_REJECTIONS
 from .wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
@@ -96,7 +98,16 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
         result.attempts += outcome.attempts
         result.delivered += len(outcome.delivered)
         for reason, events in outcome.rejected.items():
-            result.rejected[reason] += len(events)
+            if reason in REQUEST_REJECTIONS:
+                logger.error("amp_lite replay: Amplitude refused the request (%s); %d events "
+                             "stay queued until the replay's configuration is fixed",
+                             reason, len(events))
+                result.unsettled[reason] += len(events)
+                unsettled.update((_key(e), reason) for e in events)
+            else:
+                logger.warning("amp_lite replay: %d events rejected by Amplitude (%s), "
+                               "not replayed again", len(events), reason)
+                result.rejected[reason] += len(events)
         for reason, events in outcome.unsettled.items():
             result.unsettled[reason] += len(events)
             unsettled.update((_key(e), reason) for e in events)

@@ -15,6 +15,9 @@ REJECTED_FORBIDDEN = "forbidden"  # 403
 REJECTED_TOO_LARGE = "too_large"  # 413 on a single event
 REJECTED_DAILY_QUOTA = "daily_quota"  # 429, the user or device is over its daily quota
 REJECTED_BAD_REQUEST = "bad_request"  # 400 on a single event, no index given
+# Refusals of the whole request, which say nothing about the events themselves: a replay keeps
+# those events queued (a wrong or revoked key must not delete the backlog).
+REQUEST_REJECTIONS = frozenset({REJECTED_MISSING_FIELD, REJECTED_API_KEY, REJECTED_FORBIDDEN})
 
 # Why an event was not delivered within the flush (it goes to the overflow sink).
 UNSETTLED_DEADLINE = "deadline"

@@ -342,3 +342,36 @@ def test_same_insert_id_for_different_users_is_not_collapsed(
     # THEN both users' events reach Amplitude (or the record is not reported as settled)
     assert response == {"batchItemFailures": []}
     assert sorted(e["user_id"] for e in fake.events) == ["user-one-1", "user-two-2"]
+
+
+@pytest.mark.parametrize("refusal", ["invalid_api_key", "forbidden"])
+def test_a_refused_request_keeps_the_backlog_queued(
+        fake: FakeAmplitude, sqs: Any, queue_url: str, refusal: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN overflow messages on the queue, and a replay function whose key Amplitude refuses
+    # (a mistyped or rotated key) or that Amplitude forbids (403)
+    events = [wire_event(f"user-refused-{n}") for n in range(4)]
+    send_bodies(sqs, queue_url, overflow_bodies(events))
+    with FakeAmplitude(api_keys={"another-projects-key"}) as wrong_key:
+        server = wrong_key if refusal == "invalid_api_key" else fake
+        if refusal == "forbidden":
+            fake.script(*[Fault.status_code(403)] * 3)
+        handler = _replay_handler(server)
+        caplog.set_level(logging.WARNING, logger="amp_lite")
+
+        # WHEN the replay consumer handles the batch
+        messages, response, deleted = esm_round(
+            sqs, queue_url, lambda e: handler(e, _Context(30_000)),
+            event_source_arn=queue_arn(sqs, queue_url))
+
+    # THEN every record failed (SQS keeps it, then moves it to the dead-letter queue) and
+    # nothing was deleted or delivered; the log says why
+    assert failed_ids(response) == {m["MessageId"] for m in messages} and deleted == []
+    assert fake.insert_ids == [] and server.insert_ids == []
+    assert any(refusal in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    fake.clear_faults()
+    # AND once the configuration is fixed, the same messages are delivered
+    _, response, _ = esm_round(sqs, queue_url, lambda e: _replay_handler(fake)(e, _Context(30_000)),
+                               event_source_arn=queue_arn(sqs, queue_url))
+    assert failed_ids(response) == set()
+    assert sorted(fake.insert_ids) == sorted(e.insert_id for e in events)

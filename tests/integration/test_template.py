@@ -60,7 +60,7 @@ def test_template_passes_cfn_lint() -> None:
 
 @pytest.mark.parametrize(("good", "bad", "rule"), [
     ("[ReportBatchItemFailures]", "[ReportBatchItemFailure]", "E3030"),
-    ("Layers: [!Ref AmpLiteLayer]", "Layers: [!Ref AmpLiteLayerX]", "E1020"),
+    ("- !Ref AmpLiteLayer\n", "- !Ref AmpLiteLayerX\n", "E1020"),
     ("Runtime: python3.12", "Runtime: python3.99", "E3030"),
 ])
 def test_cfn_lint_catches_a_broken_template(tmp_path: Path, good: str, bad: str,
@@ -97,6 +97,19 @@ def test_functions_use_the_layer_and_queue_that_exist(template: dict[str, Any]) 
     assert event["Properties"]["Queue"] == {"GetAtt": "OverflowQueue.Arn"}
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert set(queues) == {"OverflowQueue", "OverflowDeadLetterQueue"}
+
+
+def test_functions_fetching_the_key_from_secrets_manager_have_powertools(
+        template: dict[str, Any]) -> None:
+    # GIVEN the API key comes from Secrets Manager (AMPLITUDE_API_KEY_SECRET, for every
+    # function), fetched with Powertools' parameters utility, which the amp-lite layer lacks
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert "AMPLITUDE_API_KEY_SECRET" in env
+    # THEN every function has the public Powertools layer as well, or its events are dropped
+    for name, function in _resources(template, "AWS::Serverless::Function").items():
+        subs = [str(layer.get("Sub")) for layer in function["Properties"]["Layers"]
+                if isinstance(layer, dict)]
+        assert any("AWSLambdaPowertoolsPythonV3" in sub for sub in subs), name
 
 
 def test_queue_settings_follow_the_sqs_event_source_rules(template: dict[str, Any]) -> None:

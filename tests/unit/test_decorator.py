@@ -252,3 +252,35 @@ def test_module_helpers_delegate_to_one_default_client(env_client: FakeAmplitude
     assert report.delivered == 5
     assert [e["event_type"] for e in env_client.events] == [
         "Helper", "$identify", "$groupidentify", "$identify", "revenue_amount"]
+
+
+@pytest.mark.parametrize("options", [{"margin_ms": -1}, {"margin_ms": "500"},
+                                     {"flush_timeout_s": 0}, {"timeout_s": float("nan")}])
+def test_bad_decorator_options_fail_at_decoration(fake: FakeAmplitude,
+                                                  options: dict[str, Any]) -> None:
+    # GIVEN a bad option, WHEN a handler is decorated (at import: the init phase)
+    # THEN a ConfigError names the option at once, not at the first invocation
+    with pytest.raises(amp_lite.ConfigError, match=f"^{next(iter(options))}: "):
+        amplitude_flush(client=Amplitude(API_KEY, server_url=fake.url), **options)(
+            lambda event, context: None)
+
+
+def test_bad_timeout_environment_still_flushes_the_invocation(
+        fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a Cloud Functions handler and an unreadable AMP_LITE_TIMEOUT_S
+    monkeypatch.setenv("AMP_LITE_TIMEOUT_S", "soon")
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+
+    @amplitude_flush(client)
+    def handler(request: Any) -> str:
+        client.track("Still flushed", user_id="user-env")
+        return "ok"
+
+    # WHEN it runs
+    result = handler(object())
+    # THEN the result is the handler's, the error is logged, and the event was flushed by the
+    # invocation (bounded by the client's flush_timeout_s), not left in the client's buffer
+    assert result == "ok"
+    assert "AMP_LITE_TIMEOUT_S" in caplog.text
+    assert len(fake.events) == 1 and client.pending == 0
