@@ -58,7 +58,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         summary = drain_queue(
             args.queue_url, sqs=boto3.client("sqs"),
-            client_factory=lambda: Amplitude(api_key=api_key_from_environment(), overflow=None),
+            client_factory=lambda: Amplitude(api_key=api_key_from_environment(), overflow=()),
             max_messages=args.max_messages, dry_run=args.dry_run, progress=sys.stderr)
     except ConfigError as exc:
         sys.stderr.write(f"amp-lite replay: {exc}\n")

@@ -57,14 +57,6 @@ EARLY_OVERFLOW_BUDGET_S = 1.0  # time given to overflowing a buffer's excess fro
 CAP_HEADROOM = 0.9  # overflow down to 90% of a cap, so the next track() does not do it again
 
 
-class _DefaultOverflow:
-    def __repr__(self) -> str:
-        return "DEFAULT_OVERFLOW"
-
-
-DEFAULT_OVERFLOW: Any = _DefaultOverflow()
-
-
 class Amplitude:
     """An Amplitude client that never starts a thread.
 
@@ -82,7 +74,7 @@ class Amplitude:
         use_batch: bool = False,
         min_id_length: int | None = None,
         retry: Retry | None = None,
-        overflow: OverflowSink | Sequence[OverflowSink] | None = DEFAULT_OVERFLOW,
+        overflow: OverflowSink | Sequence[OverflowSink] | None = None,
         flush_timeout_s: float | None = None,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         gzip: bool | None = None,
@@ -105,9 +97,8 @@ class Amplitude:
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry: must have a send_events_with_retry(events, deadline) method")
         self._retry: Retry = retry if retry is not None else RetryHandler()
-        self._overflow_arg = overflow
-        self._sinks: tuple[OverflowSink, ...] | None = (
-            None if overflow is DEFAULT_OVERFLOW else _check_sinks(overflow))
+        self._overflow_arg = _check_overflow(overflow)
+        self._sinks: tuple[OverflowSink, ...] | None = None  # resolved when the key is known
         self._middleware = tuple(middleware)
         for fn in self._middleware:
             if not callable(fn):
@@ -402,7 +393,7 @@ class Amplitude:
 
     def _overflow_sinks(self, api_key: str) -> tuple[OverflowSink, ...]:
         if self._sinks is None:
-            self._sinks = default_sinks(api_key, self.config.server_url)
+            self._sinks = _resolve_sinks(self._overflow_arg, api_key, self.config.server_url)
         return self._sinks
 
     def _sender(self) -> Sender:
@@ -512,15 +503,29 @@ def default_spill(api_key: str, server_url: str) -> LocalSpill:
     return LocalSpill(Path(root) / digest)
 
 
-def _check_sinks(overflow: Any) -> tuple[OverflowSink, ...]:
+def _check_overflow(overflow: Any) -> OverflowSink | tuple[OverflowSink, ...] | None:
+    """The `overflow` argument, checked: None (the default sinks), one sink, or a tuple."""
     if overflow is None:
-        return ()
+        return None
     sinks = tuple(overflow) if isinstance(overflow, (list, tuple)) else (overflow,)
     for sink in sinks:
         if not isinstance(sink, OverflowSink):
             raise ConfigError(f"overflow: {sink!r} is not an overflow sink (needs name, "
                               "reserve_s and write(events, *, reason, attempts, deadline))")
-    return sinks
+    return sinks if isinstance(overflow, (list, tuple)) else overflow
+
+
+def _resolve_sinks(overflow: OverflowSink | tuple[OverflowSink, ...] | None, api_key: str,
+                   server_url: str) -> tuple[OverflowSink, ...]:
+    """None: the default sinks. A list: exactly those, in order (empty: none). One sink: that
+    sink, then the default local spill for what it cannot take (an SQS outage)."""
+    if overflow is None:
+        return default_sinks(api_key, server_url)
+    if isinstance(overflow, tuple):
+        return overflow
+    if isinstance(overflow, LocalSpill):
+        return (overflow,)
+    return (overflow, default_spill(api_key, server_url))
 
 
 def _check_identify(identify: Any, method: str) -> None:

@@ -172,7 +172,7 @@ def _deadline(context: Any, margin_ms: float) -> Deadline:
 @functools.cache
 def _replay_client() -> Amplitude:
     # Replayed events that fail again go back to SQS by redelivery, not to another sink.
-    return Amplitude(api_key=api_key_from_environment(), overflow=None)
+    return Amplitude(api_key=api_key_from_environment(), overflow=())
 
 
 def handler(event: Mapping[str, Any], context: Any) -> Any:

@@ -241,7 +241,7 @@ def official_close(client: amplitude.Amplitude) -> None:
 
 
 def track_cost_amp(env: Env, n: int) -> float:
-    client = amp_lite.Amplitude(API_KEY, server_url=env.http_url, overflow=None)
+    client = amp_lite.Amplitude(API_KEY, server_url=env.http_url, overflow=())
     for i in range(WARMUP_EVENTS):
         client.track("Warm Up", user_id=user(i), event_properties={"index": i})
     started = time.perf_counter()
@@ -288,7 +288,7 @@ def scenario_track(env: Env, sizes: Sizes, results: Results) -> None:
 
 
 def warm_amp(env: Env, invocations: int) -> list[float]:
-    client = amp_lite.Amplitude(API_KEY, server_url=env.https_url, overflow=None,
+    client = amp_lite.Amplitude(API_KEY, server_url=env.https_url, overflow=(),
                                 ca_certs=env.ca_cert)
 
     def invoke(k: int) -> float:
@@ -377,7 +377,7 @@ t0 = time.perf_counter()
 if env["BENCH_SDK"] == "amp_lite":
     import amp_lite
     t_import = time.perf_counter()
-    client = amp_lite.Amplitude(env["BENCH_KEY"], server_url=url, overflow=None, ca_certs=ca)
+    client = amp_lite.Amplitude(env["BENCH_KEY"], server_url=url, overflow=(), ca_certs=ca)
     rss_base = peak_rss_kb()
     t_start = time.perf_counter()
     for i in range(n):
@@ -509,7 +509,7 @@ def sqs_records(events: list[amp_lite.BufferedEvent]) -> list[dict[str, Any]]:
 
 
 def tracked_events(n: int) -> list[amp_lite.BufferedEvent]:
-    source = amp_lite.Amplitude(API_KEY, server_url="http://127.0.0.1:9/never", overflow=None)
+    source = amp_lite.Amplitude(API_KEY, server_url="http://127.0.0.1:9/never", overflow=())
     for i in range(n):
         source.track("Replayed Event", user_id=user(i),
                      event_properties={"plan": "pro", "index": i, "path": "/home"})
@@ -521,7 +521,7 @@ def scenario_replay(env: Env, sizes: Sizes, results: Results) -> None:
     events = tracked_events(n)
     batch = {"Records": sqs_records(events)}
     dicts = [json.loads(e.raw) for e in events]
-    client = amp_lite.Amplitude(API_KEY, server_url=env.http_url, overflow=None)
+    client = amp_lite.Amplitude(API_KEY, server_url=env.http_url, overflow=())
     handler = make_handler(client)
     # Untimed: the first call imports Powertools and opens the connection (a warm consumer).
     env.control.reset()

@@ -318,7 +318,7 @@ class _Context:
 def _replay_queue(rt: Runtime, healthy: FakeAmplitude) -> list[dict[str, Any]]:
     """The replay consumer over the queue's messages until it is empty. Returns the events
     that were on the queue."""
-    handler = make_handler(Amplitude(API_KEY, server_url=healthy.url, overflow=None))
+    handler = make_handler(Amplitude(API_KEY, server_url=healthy.url, overflow=()))
     queued: list[dict[str, Any]] = []
     for _ in range(MAX_REPLAY_ROUNDS):
         if queue_depth(rt.sqs, rt.queue_url) == (0, 0):

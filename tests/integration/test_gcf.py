@@ -87,7 +87,7 @@ def test_cloud_event_structured_mode(env_for: FakeAmplitude) -> None:
 
 def test_explicit_http_adapter_is_the_same_as_the_decorator(fake: FakeAmplitude) -> None:
     # GIVEN a function wrapped with amp_lite.gcp.http and a client of its own
-    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=())
 
     @amp_lite.gcp.http(client=client, timeout_s=5)
     def handler(request: Any) -> str:
@@ -103,7 +103,7 @@ def test_explicit_http_adapter_is_the_same_as_the_decorator(fake: FakeAmplitude)
 def test_single_argument_call_uses_the_function_timeout(fake: FakeAmplitude) -> None:
     # GIVEN a hanging Amplitude and a function whose timeout is 1.2 s (margin 0.5 s)
     fake.script(*[Fault.hang(30)] * 5)
-    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=None,
+    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=(),
                                 flush_timeout_s=60)
 
     @amp_lite.amplitude_flush(client, timeout_s=1.2)

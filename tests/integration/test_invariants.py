@@ -157,7 +157,7 @@ def test_i7_key_absent_from_reprs(fake: FakeAmplitude, tmp_path: Path) -> None:
 
 def _config_errors(tmp_path: Path) -> list[Callable[[], object]]:
     def bad_flush() -> object:
-        return Amplitude(API_KEY, overflow=None).flush(timeout_s=-1)
+        return Amplitude(API_KEY, overflow=()).flush(timeout_s=-1)
 
     return [
         lambda: Amplitude(API_KEY, server_url="ftp://example.invalid/2/httpapi"),
@@ -175,7 +175,7 @@ def _config_errors(tmp_path: Path) -> list[Callable[[], object]]:
 
 
 def _event_errors() -> list[Callable[[], object]]:
-    client = Amplitude(API_KEY, overflow=None)
+    client = Amplitude(API_KEY, overflow=())
     return [
         lambda: client.track("page_view"),
         lambda: client.track("", user_id="user-001"),

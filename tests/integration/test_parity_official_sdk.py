@@ -53,7 +53,7 @@ def _official_events(fake: FakeAmplitude, calls: OfficialCalls, count: int,
 
 def _amp_lite_events(fake: FakeAmplitude, calls: AmpLiteCalls, count: int,
                      **config: Any) -> list[dict[str, Any]]:
-    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=None, **config)
+    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=(), **config)
     calls(client)
     report = client.flush()
     assert report.delivered == count, report

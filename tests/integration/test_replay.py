@@ -67,7 +67,7 @@ def queue_url(sqs: Any) -> str:
 
 
 def _replay_handler(fake: FakeAmplitude) -> Any:
-    return make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=None))
+    return make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=()))
 
 
 def _summaries(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -235,7 +235,7 @@ def test_tiny_deadline_returns_quickly_and_fails_records_with_events(
          "overflowed_at_ms": 0, "events": []})])
     messages = receive_all(sqs, queue_url, 3)
     event = lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url))
-    handler = make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=None),
+    handler = make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=()),
                            margin_ms=MARGIN_MS)
 
     # WHEN it runs
@@ -307,7 +307,7 @@ def test_events_of_a_client_with_min_id_length_survive_replay(
     fake.clear_faults()
     # (sent by that client to a healthy Amplitude, the same kind of event is accepted)
     with FakeAmplitude() as control:
-        direct = Amplitude(API_KEY, server_url=control.url, min_id_length=2, overflow=None)
+        direct = Amplitude(API_KEY, server_url=control.url, min_id_length=2, overflow=())
         direct.track("Signed Up", user_id="ab")
         assert direct.flush(timeout_s=5).delivered == 1
     messages = receive_all(sqs, queue_url, 1)
@@ -329,7 +329,7 @@ def test_same_insert_id_for_different_users_is_not_collapsed(
     first, second = wire_event("user-one-1", insert_id=shared), wire_event(
         "user-two-2", insert_id=shared)
     with FakeAmplitude() as control:
-        direct = Amplitude(API_KEY, server_url=control.url, overflow=None)
+        direct = Amplitude(API_KEY, server_url=control.url, overflow=())
         assert len(direct.send_events([first, second], Deadline.after(5)).delivered) == 2
         assert len(control.events) == 2
     send_bodies(sqs, queue_url, overflow_bodies([first, second]))

@@ -266,7 +266,7 @@ def test_spent_budget_without_a_sink_drops_events_as_no_sink(
     fake: FakeAmplitude, clean_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # GIVEN a client with overflow disabled and a scope with no time left
-    client = make_client(fake, overflow=None)
+    client = make_client(fake, overflow=())
 
     # WHEN events are tracked and the scope exits
     with caplog.at_level(logging.ERROR, logger="amp_lite"), spent_budget(client) as inv:
@@ -278,6 +278,40 @@ def test_spent_budget_without_a_sink_drops_events_as_no_sink(
     assert report.overflowed == 0
     assert any(r.levelno == logging.ERROR and "no_sink" in r.getMessage()
                and "3 events" in r.getMessage() for r in caplog.records)
+    assert spilled_files(clean_env) == []
+
+
+def test_overflow_none_means_the_default_spill(fake: FakeAmplitude, clean_env: Path) -> None:
+    # GIVEN overflow=None said explicitly (the documented default)
+    client = make_client(fake, overflow=None)
+    # WHEN events miss the budget / THEN they are spilled, as with no argument at all
+    with spent_budget(client) as inv:
+        track_n(client, 2)
+    assert dict(assert_balanced(inv.report).overflowed_to) == {"local_spill": 2}
+
+
+def test_a_lone_sink_that_fails_falls_back_to_the_default_spill(
+    fake: FakeAmplitude, clean_env: Path
+) -> None:
+    # GIVEN a single overflow sink, which is down
+    client = make_client(fake, overflow=FailingSink("sqs", OverflowWriteError("unreachable")))
+    # WHEN events miss the budget
+    with spent_budget(client) as inv:
+        ids = track_n(client, 3)
+    # THEN they went to the local spill instead, counted as overflowed there
+    report = assert_balanced(inv.report)
+    assert dict(report.overflowed_to) == {"local_spill": 3} and report.dropped == 0
+    claim = default_spill(API_KEY, client.config.server_url).claim(max_events=100)
+    assert claim is not None and sorted(e.insert_id for e in claim.events) == sorted(ids)
+
+
+def test_a_list_of_sinks_is_taken_exactly(fake: FakeAmplitude, clean_env: Path) -> None:
+    # GIVEN a list holding only the failing sink: no fallback was asked for
+    client = make_client(fake, overflow=[FailingSink("sqs", OverflowWriteError("down"))])
+    with spent_budget(client) as inv:
+        track_n(client, 2)
+    # THEN the events are dropped as sink_failed, and nothing was spilled
+    assert dict(assert_balanced(inv.report).dropped_reasons) == {"sink_failed": 2}
     assert spilled_files(clean_env) == []
 
 

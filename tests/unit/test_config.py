@@ -154,7 +154,7 @@ def test_explicit_gzip_wins_both_ways() -> None:
 
 def test_gzip_true_compresses_large_bodies_on_the_wire(fake: FakeAmplitude) -> None:
     # GIVEN a client with gzip forced on, aimed at the fake
-    client = Amplitude(API_KEY, server_url=fake.url, gzip=True, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, gzip=True, overflow=())
     client.track("big", user_id="user-1", event_properties={"p": "x" * 1000, "q": "y" * 1000,
                                                             "r": "z" * 1000})
     # WHEN flushed
@@ -305,7 +305,7 @@ def test_api_key_from_environment_is_used_on_the_wire(monkeypatch: pytest.Monkey
     # GIVEN AMPLITUDE_API_KEY and a fake that accepts only that key
     monkeypatch.setenv("AMPLITUDE_API_KEY", "env-key-abcdef")
     with FakeAmplitude(api_keys=["env-key-abcdef"]) as fake:
-        client = Amplitude(server_url=fake.url, overflow=None)
+        client = Amplitude(server_url=fake.url, overflow=())
         client.track("e", user_id="user-1")
         # WHEN flushed
         report = client.flush()
@@ -318,7 +318,7 @@ def test_explicit_api_key_wins_over_environment(monkeypatch: pytest.MonkeyPatch)
     # GIVEN a different AMPLITUDE_API_KEY and a fake that accepts only API_KEY
     monkeypatch.setenv("AMPLITUDE_API_KEY", "env-key-wrong")
     with FakeAmplitude(api_keys=[API_KEY]) as fake:
-        client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+        client = Amplitude(API_KEY, server_url=fake.url, overflow=())
         client.track("e", user_id="user-1")
         # WHEN flushed
         report = client.flush()
@@ -340,7 +340,7 @@ def test_empty_environment_key_counts_as_missing(monkeypatch: pytest.MonkeyPatch
 def test_missing_key_track_works_flush_raises_and_events_stay_buffered(
         fake: FakeAmplitude) -> None:
     # GIVEN no key anywhere
-    client = Amplitude(server_url=fake.url, overflow=None)
+    client = Amplitude(server_url=fake.url, overflow=())
     # WHEN events are tracked
     first = client.track("e1", user_id="user-1")
     second = client.track("e2", user_id="user-2")
@@ -363,7 +363,7 @@ def test_missing_key_track_works_flush_raises_and_events_stay_buffered(
 
 def test_missing_key_events_keep_their_order_ahead_of_later_ones(fake: FakeAmplitude) -> None:
     # GIVEN a keyless client whose flush failed with two buffered events
-    client = Amplitude(server_url=fake.url, overflow=None)
+    client = Amplitude(server_url=fake.url, overflow=())
     client.track("e1", user_id="user-1")
     client.track("e2", user_id="user-1")
     with pytest.raises(ConfigError):
@@ -376,7 +376,7 @@ def test_missing_key_events_keep_their_order_ahead_of_later_ones(fake: FakeAmpli
 
 def test_missing_key_flush_without_events_does_not_raise() -> None:
     # GIVEN no key and nothing tracked
-    client = Amplitude(overflow=None)
+    client = Amplitude(overflow=())
     # WHEN flushed (README: the error comes "at the first flush that has events")
     report = client.flush()
     # THEN nothing happens
@@ -386,7 +386,7 @@ def test_missing_key_flush_without_events_does_not_raise() -> None:
 
 def test_missing_key_at_end_of_invocation_drops_and_counts(fake: FakeAmplitude) -> None:
     # GIVEN a keyless client and an invocation scope with one event
-    client = Amplitude(server_url=fake.url, overflow=None)
+    client = Amplitude(server_url=fake.url, overflow=())
     # WHEN the scope exits (its flush never raises)
     with client.invocation(timeout_s=2) as invocation:
         client.track("e", user_id="user-1")
@@ -412,7 +412,7 @@ def test_api_key_provider_is_not_called_by_construction_or_track() -> None:
     # GIVEN a key provider
     provider = _CountingProvider()
     # WHEN a client is built and events are tracked
-    client = Amplitude(provider, overflow=None)
+    client = Amplitude(provider, overflow=())
     client.track("e", user_id="user-1")
     # THEN the provider was not called, and the repr says where the key comes from
     assert provider.calls == 0
@@ -422,7 +422,7 @@ def test_api_key_provider_is_not_called_by_construction_or_track() -> None:
 def test_api_key_provider_is_not_called_by_an_empty_flush() -> None:
     # GIVEN a key provider and nothing tracked
     provider = _CountingProvider()
-    client = Amplitude(provider, overflow=None)
+    client = Amplitude(provider, overflow=())
     # WHEN an empty buffer is flushed
     client.flush()
     # THEN the provider was not asked for the key
@@ -433,7 +433,7 @@ def test_api_key_provider_is_called_once_for_several_flushes() -> None:
     # GIVEN a key provider and a fake that accepts only its key
     provider = _CountingProvider()
     with FakeAmplitude(api_keys=[API_KEY]) as strict_fake:
-        client = Amplitude(provider, server_url=strict_fake.url, overflow=None)
+        client = Amplitude(provider, server_url=strict_fake.url, overflow=())
         # WHEN two flushes with events happen
         client.track("e1", user_id="user-1")
         first = client.flush()
@@ -450,7 +450,7 @@ def test_failing_api_key_provider_raises_config_error_naming_api_key() -> None:
     def provider() -> str:
         raise RuntimeError("secret-in-message-42")
 
-    client = Amplitude(provider, overflow=None)
+    client = Amplitude(provider, overflow=())
     client.track("e", user_id="user-1")
     # WHEN flushed
     with pytest.raises(ConfigError) as info:
@@ -510,7 +510,7 @@ def test_missing_key_error_does_not_echo_anything_secret(monkeypatch: pytest.Mon
 
 
 def _flushed_event(fake: FakeAmplitude, **kwargs: Any) -> dict[str, Any]:
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, **kwargs)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), **kwargs)
     client.track("e", user_id="user-1")
     assert client.flush().delivered == 1
     return fake.events[-1]

@@ -65,7 +65,7 @@ def test_bare_decorator_flushes_the_default_client(env_client: FakeAmplitude) ->
 
 
 def test_decorator_with_a_client_positionally_and_by_keyword(fake: FakeAmplitude) -> None:
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
 
     @amplitude_flush(client)
     def positional(event: Any, context: Any) -> None:
@@ -81,7 +81,7 @@ def test_decorator_with_a_client_positionally_and_by_keyword(fake: FakeAmplitude
 
 
 def test_decorator_keeps_name_docstring_and_signature(fake: FakeAmplitude) -> None:
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
 
     def handler(event: dict[str, Any], context: Any, *, extra: int = 1) -> dict[str, Any]:
         """Handle an order."""
@@ -95,7 +95,7 @@ def test_decorator_keeps_name_docstring_and_signature(fake: FakeAmplitude) -> No
 
 
 def test_return_value_and_exception_pass_through_unchanged(fake: FakeAmplitude) -> None:
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     sentinel = object()
     error = KeyError("the handler's own")
 
@@ -119,7 +119,7 @@ def test_return_value_and_exception_pass_through_unchanged(fake: FakeAmplitude) 
 def test_a_failing_flush_changes_neither_result_nor_exception(
         caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a client with no API key: its flush cannot send anything
-    client = Amplitude(overflow=None)
+    client = Amplitude(overflow=())
 
     @amplitude_flush(client)
     def handler(event: Any, context: Any) -> str:
@@ -140,7 +140,7 @@ def test_a_failing_flush_changes_neither_result_nor_exception(
 def test_flush_is_bounded_by_remaining_time_minus_margin(fake: FakeAmplitude) -> None:
     # GIVEN Amplitude hangs and the invocation has 1.5 s left
     fake.script(*[Fault.hang(30)] * 5)
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=60)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=60)
 
     @amplitude_flush(client, margin_ms=500)
     def handler(event: Any, context: Any) -> None:
@@ -157,7 +157,7 @@ def test_flush_is_bounded_by_remaining_time_minus_margin(fake: FakeAmplitude) ->
 def test_flush_timeout_caps_a_long_invocation(fake: FakeAmplitude) -> None:
     # GIVEN a 900 s function whose Amplitude hangs, and flush_timeout_s=0.8
     fake.script(*[Fault.hang(30)] * 5)
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
 
     @amplitude_flush(client, flush_timeout_s=0.8)
     def handler(event: Any, context: Any) -> None:
@@ -172,7 +172,7 @@ def test_flush_timeout_caps_a_long_invocation(fake: FakeAmplitude) -> None:
 def test_no_context_falls_back_to_flush_timeout_and_says_so(
         fake: FakeAmplitude, caplog: pytest.LogCaptureFixture) -> None:
     fake.script(*[Fault.hang(30)] * 5)
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=0.6)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=0.6)
 
     @amplitude_flush(client)
     def handler(event: Any, context: Any) -> str:
@@ -188,7 +188,7 @@ def test_no_context_falls_back_to_flush_timeout_and_says_so(
 
 def test_context_passed_by_keyword_is_used(fake: FakeAmplitude) -> None:
     fake.script(*[Fault.hang(30)] * 5)
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, flush_timeout_s=60)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=60)
 
     @amplitude_flush(client, margin_ms=100)
     def handler(event: Any, context: Any) -> None:
@@ -270,7 +270,7 @@ def test_bad_timeout_environment_still_flushes_the_invocation(
         caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a Cloud Functions handler and an unreadable AMP_LITE_TIMEOUT_S
     monkeypatch.setenv("AMP_LITE_TIMEOUT_S", "soon")
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
 
     @amplitude_flush(client)
     def handler(request: Any) -> str:

@@ -29,7 +29,7 @@ def test_brief_never_raises_and_stays_short() -> None:
 
 def test_refusal_of_a_huge_value_has_a_short_message() -> None:
     # GIVEN a client, WHEN an event_type of 2 million spaces (not a valid name) is tracked
-    client = Amplitude(API_KEY, overflow=None)
+    client = Amplitude(API_KEY, overflow=())
     with pytest.raises(InvalidEventError, match=r"^event_type: must be a non-empty string") as exc:
         client.track(" " * 2_000_000, user_id="user-0001")
     # THEN the message names the field and rule without carrying the whole value

@@ -16,8 +16,8 @@ NOW_MS = 1_700_000_000_000
 
 def _client(fake: FakeAmplitude | None = None) -> Amplitude:
     if fake is None:
-        return Amplitude(API_KEY, overflow=None)
-    return Amplitude(API_KEY, server_url=fake.url, overflow=None)
+        return Amplitude(API_KEY, overflow=())
+    return Amplitude(API_KEY, server_url=fake.url, overflow=())
 
 
 # -- Identify --------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def check_track_or_refuse(fake: FakeAmplitude, call: Callable[[Amplitude], Any],
     """Run `call(client)` between two known-good events; assert the contract; say what
     happened ("refused" or "accepted")."""
     fake.reset()
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None,
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(),
                        flush_timeout_s=FLUSH_BUDGET_S)
     before = client.track("known_good", user_id=GOOD_USER, event_properties={"order": 1})
     outcome = "accepted"
@@ -300,7 +300,7 @@ def test_cycle_refusal_names_the_cycle_and_its_path(server: FakeAmplitude) -> No
     inner: dict[str, Any] = {}
     outer = {"level": [{"inner": inner}]}
     inner["back"] = outer
-    client = Amplitude(API_KEY, server_url=server.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=server.url, overflow=())
     # WHEN it is tracked / THEN the message names the path and the rule
     with pytest.raises(InvalidEventError, match=r"^event_properties\.outer\.level\[0\]\.inner"
                                                 r"\.back.*refers to itself"):
@@ -328,7 +328,7 @@ def test_nesting_far_past_the_recursion_limit_is_refused_not_crashed(
         server: FakeAmplitude, levels: int) -> None:
     # GIVEN properties nested deeper than Python's recursion limit
     deep = _deep(levels, [0, 1], "leaf")
-    client = Amplitude(API_KEY, server_url=server.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=server.url, overflow=())
     # WHEN tracked / THEN InvalidEventError (not RecursionError) names the depth rule
     with pytest.raises(InvalidEventError, match=r"^event_properties\.d.*nested deeper than 40"):
         client.track("deep", user_id="user-0001", event_properties={"d": deep})
@@ -416,13 +416,13 @@ def test_revenue_refuses_clearly_or_sends_a_valid_event(
                                     {"event_id": 10**4301}])
 def test_int_too_long_for_json_is_refused_with_invalid_event_error(
         kwargs: dict[str, Any]) -> None:
-    client = Amplitude(API_KEY, overflow=None)
+    client = Amplitude(API_KEY, overflow=())
     with pytest.raises(InvalidEventError, match=r"^(event_properties\.n|event_id):"):
         client.track("big", user_id="user-0001", **kwargs)
 
 
 def test_time_too_long_for_str_is_refused_with_invalid_event_error() -> None:
-    client = Amplitude(API_KEY, overflow=None)
+    client = Amplitude(API_KEY, overflow=())
     with pytest.raises(InvalidEventError, match=r"^time:"):
         client.track("big", user_id="user-0001", time=10**4301)
 
@@ -431,7 +431,7 @@ def test_time_too_long_for_str_is_refused_with_invalid_event_error() -> None:
                                     {"price": Decimal("sNaN")}])
 def test_signaling_nan_decimal_is_refused_with_invalid_event_error(
         kwargs: dict[str, Any]) -> None:
-    client = Amplitude(API_KEY, overflow=None)
+    client = Amplitude(API_KEY, overflow=())
     with pytest.raises(InvalidEventError, match=r"^(event_properties\.n|price):.*NaN"):
         client.track("nan", user_id="user-0001", **kwargs)
 
@@ -714,7 +714,7 @@ def test_replay_reports_hostile_messages_and_delivers_the_good_one(fake: FakeAmp
     # GIVEN one good overflow message among hostile ones
     bodies = {"good": _message(GOOD_EVENTS), **NOT_REPLAYABLE, **UNREADABLE_EVENTS,
               **INVALID_FOR_AMPLITUDE}
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     # WHEN the batch is replayed
     started = time.monotonic()
     result = replay_records(_records(bodies), client, Deadline.after(10))
@@ -752,7 +752,7 @@ def _sqs_event(bodies: Mapping[str, str]) -> dict[str, Any]:
 
 def test_replay_handler_lists_only_hostile_records_as_failures(fake: FakeAmplitude) -> None:
     # GIVEN the SQS-triggered replay handler and a batch mixing good and hostile messages
-    handler = make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=None))
+    handler = make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=()))
     bodies = {"good": _message(GOOD_EVENTS), **NOT_REPLAYABLE, **UNREADABLE_EVENTS}
     # WHEN it handles the batch
     response = handler(_sqs_event(bodies), _Context())
@@ -763,7 +763,7 @@ def test_replay_handler_lists_only_hostile_records_as_failures(fake: FakeAmplitu
 
 
 def test_replay_reports_deeply_nested_junk_without_crashing(fake: FakeAmplitude) -> None:
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     result = replay_records(_records({"good": _message(GOOD_EVENTS), **DEEP_JUNK}), client,
                             Deadline.after(10))
     assert set(result.failed) == set(DEEP_JUNK)

@@ -42,7 +42,7 @@ def _handlers(client: Amplitude) -> dict[str, Any]:
 def test_stacks_with_powertools_in_either_order(fake: FakeAmplitude, order: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN the same handler under Powertools' three decorators and ours, in one order
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     handler = _handlers(client)[order]
     # WHEN it runs once successfully and once raising
     assert handler({"n": 1}, FakeContext(3000)) == {"n": 1}

@@ -21,7 +21,7 @@ MAX_DEPTH = 40
 
 
 def _client(**kwargs: Any) -> Amplitude:
-    return Amplitude(API_KEY, overflow=None, **kwargs)
+    return Amplitude(API_KEY, overflow=(), **kwargs)
 
 
 def _refused(client: Amplitude, pattern: str, *args: Any, **kwargs: Any) -> str:
@@ -37,7 +37,7 @@ def _refused(client: Amplitude, pattern: str, *args: Any, **kwargs: Any) -> str:
 def _sent(fake: FakeAmplitude, *args: Any, client_kwargs: dict[str, Any] | None = None,
           **kwargs: Any) -> dict[str, Any]:
     """Track one event against the fake, flush, return the event as the fake received it."""
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, **(client_kwargs or {}))
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), **(client_kwargs or {}))
     assert client.track(*args, **kwargs) is not None
     report = client.flush()
     assert report.delivered == 1, report
@@ -328,7 +328,7 @@ def test_largest_accepted_event_fits_one_request(fake: FakeAmplitude) -> None:
         middle = (low + high) // 2
         low, high = (middle, high) if accepted(middle) else (low, middle)
     # WHEN that event is flushed to the fake, which enforces "under 1 MB" like Amplitude
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     client.track("e", user_id="user-1", event_properties=props(low))
     report = client.flush()
     # THEN it goes in one request and is delivered
@@ -356,7 +356,7 @@ def test_lone_surrogate_in_a_key_is_refused() -> None:
 
 def test_refusal_does_not_disturb_earlier_events(fake: FakeAmplitude) -> None:
     # GIVEN one good event buffered
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     client.track("good", user_id="user-1")
     # WHEN a bad one is refused
     _refused(client, r"^price:", "bad", user_id="user-1", price="x")
@@ -445,7 +445,7 @@ def test_wire_names_for_python_keywords(fake: FakeAmplitude) -> None:
 
 def test_later_mutation_of_callers_dicts_changes_nothing(fake: FakeAmplitude) -> None:
     # GIVEN an event tracked with mutable dicts
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     props: dict[str, Any] = {"a": 1, "list": [1], "inner": {"x": 1}}
     groups: dict[str, Any] = {"org": "acme"}
     client.track("e", user_id="user-1", event_properties=props, groups=groups)
@@ -498,7 +498,7 @@ def test_middleware_changes_are_validated() -> None:
 
 def test_middleware_can_drop_an_event(fake: FakeAmplitude) -> None:
     # GIVEN a middleware that drops "noise" events
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None,
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(),
                        middleware=[lambda e: None if e["event_type"] == "noise" else e])
     # WHEN both kinds are tracked
     dropped = client.track("noise", user_id="user-1")
@@ -552,7 +552,7 @@ def test_middleware_dropping_stamps_gets_them_back(fake: FakeAmplitude, drop: st
     def strip(event: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in event.items() if k != drop}
 
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, middleware=[strip])
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), middleware=[strip])
     # WHEN tracked and flushed
     insert_id = client.track("e", user_id="user-1")
     client.flush()
@@ -568,7 +568,7 @@ def test_middleware_dropping_stamps_gets_them_back(fake: FakeAmplitude, drop: st
 
 def test_disabled_client_tracks_nothing_and_sends_nothing(fake: FakeAmplitude) -> None:
     # GIVEN a disabled client aimed at the fake
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None, enabled=False)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), enabled=False)
     # WHEN every tracking call is made, even with invalid input
     results = [
         client.track("e", user_id="user-1"),
@@ -586,7 +586,7 @@ def test_disabled_client_tracks_nothing_and_sends_nothing(fake: FakeAmplitude) -
 
 def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch, fake: FakeAmplitude) -> None:
     monkeypatch.setenv("AMP_LITE_ENABLED", "false")
-    client = Amplitude(API_KEY, server_url=fake.url, overflow=None)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     assert client.track("e", user_id="user-1") is None
     client.flush()
     assert fake.requests == []
