@@ -3,7 +3,8 @@
 Three listeners on 127.0.0.1, each on an ephemeral port:
 
 - `http`: plain HTTP ingestion (`POST /2/httpapi`, any path is accepted);
-- `https`: the same over TLS, with a certificate signed by a CA generated at start;
+- `https`: the same over TLS, with a certificate signed by a CA generated at start
+  (`amp_lite.testing.tls`);
 - `control`: `GET /stats`, `POST /reset`, `GET /wait?events=N&timeout_s=T` (blocks until at
   least N events were received since the last reset, or the timeout; 200 or 408), so that the
   benchmark waits on a condition instead of sleeping, and the counting connections are never
@@ -21,9 +22,7 @@ until stdin closes. `Collector` runs the same servers in threads of the current 
 
 from __future__ import annotations
 
-import datetime
 import gzip
-import ipaddress
 import json
 import os
 import socket
@@ -32,11 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from amp_lite.testing.tls import TlsFiles, make_tls_files
 
 INGEST_PATH = "/2/httpapi"
 SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -190,61 +191,18 @@ class _Server(ThreadingHTTPServer):
         pass  # a client closing its keep-alive connection is not an error worth printing
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    ca_cert: str  # what clients trust: our CA, plus the system bundle when there is one
-    cert: str
-    key: str
+BENCH_CA_NAME = "amp-lite benchmark CA"  # run.py checks that urllib trusts this name
 
 
-def make_tls_files(directory: str) -> TlsFiles:
-    """A self-signed CA and a server certificate for 127.0.0.1 and localhost, as PEM files.
-
-    The trust file holds the system CA bundle too (when found), so that loading it costs what
-    loading the real bundle costs, as it would for either SDK in a real function.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=7)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "amp-lite benchmark CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
+def make_bench_tls_files(directory: str) -> TlsFiles:
+    """The test CA and server certificate (amp_lite.testing.tls), with a trust file that holds
+    the system CA bundle too (when found), so that loading it costs what loading the real
+    bundle costs, as it would for either SDK in a real function."""
+    files = make_tls_files(directory, ca_name=BENCH_CA_NAME)
     system = next((Path(p).read_bytes() for p in SYSTEM_CA_BUNDLES if Path(p).is_file()), b"")
-    folder = Path(directory)
-    (folder / "ca.pem").write_bytes(system + b"\n" + ca_cert.public_bytes(pem))
-    (folder / "server.pem").write_bytes(cert.public_bytes(pem))
-    (folder / "server.key").write_bytes(key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return TlsFiles(str(folder / "ca.pem"), str(folder / "server.pem"),
-                    str(folder / "server.key"))
+    bundle = Path(directory) / "ca-bundle.pem"
+    bundle.write_bytes(system + b"\n" + Path(files.ca_cert).read_bytes())
+    return replace(files, ca_cert=str(bundle))
 
 
 class Collector:
@@ -252,9 +210,8 @@ class Collector:
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="amp-lite-bench-")
-        self.tls_files = make_tls_files(self._tmp.name)
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(self.tls_files.cert, self.tls_files.key)
+        self.tls_files = make_bench_tls_files(self._tmp.name)
+        tls = self.tls_files.server_context()
         self.counts = Counts()
         self._servers = [_Server("http", self.counts), _Server("https", self.counts, tls),
                          _Server("control", self.counts)]

@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -17,9 +18,11 @@ from typing import Any
 
 from ..config import MAX_BATCH_REQUEST_BYTES, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
 from ..validation import INVALID_IDS
+from .tls import TlsFiles
 
 DEFAULT_MIN_ID_LENGTH = 5
 GROUP_IDENTIFY = "$groupidentify"
+HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never says hello frees its thread
 
 STANDARD_BODIES: dict[int, dict[str, Any]] = {
     403: {"code": 403, "error": "Forbidden"},
@@ -104,12 +107,18 @@ class FakeAmplitude:
     Validation and replies follow reference/amplitude-http-api.md: 400 with index lists for
     invalid events (nothing in that request is ingested), 413 over 2000 events or the byte limit,
     429 for throttled ids, dedup on (device_id or user_id, insert_id).
+
+    With `tls` (files from `amp_lite.testing.tls.make_tls_files`, or a server-side
+    `ssl.SSLContext`) it serves HTTPS and `url` starts with https://.
     """
 
     def __init__(self, *, api_keys: Iterable[str] | None = None,
-                 idle_timeout_s: float | None = None) -> None:
+                 idle_timeout_s: float | None = None,
+                 tls: TlsFiles | ssl.SSLContext | None = None) -> None:
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.idle_timeout_s = idle_timeout_s
+        self.tls = tls
+        self.handshake_failures = 0  # TLS handshakes that failed (e.g. the client refused us)
         self.events: list[dict[str, Any]] = []
         self.requests: list[RequestRecord] = []
         self.duplicates = 0
@@ -126,7 +135,8 @@ class FakeAmplitude:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> FakeAmplitude:
-        self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        tls = self.tls.server_context() if isinstance(self.tls, TlsFiles) else self.tls
+        self._server = _Server(("127.0.0.1", 0), _Handler, self, tls)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True,
                                         name="FakeAmplitude")
@@ -155,7 +165,8 @@ class FakeAmplitude:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -245,6 +256,11 @@ class FakeAmplitude:
             conn = _Connection(self.connections_opened, sock)
             self._connections[conn.number] = conn
             return conn
+
+    def _handshake_failed(self) -> None:
+        with self._changed:
+            self.handshake_failures += 1
+            self._changed.notify_all()
 
     def _close(self, conn: _Connection) -> None:
         with self._changed:
@@ -392,9 +408,28 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the default backlog of 5 drops bursts of concurrent connections
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 fake: FakeAmplitude) -> None:
+                 fake: FakeAmplitude, tls: ssl.SSLContext | None = None) -> None:
         self.fake = fake
+        self.tls = tls
         super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:  # the handshake runs here, in the connection's thread, never in the accept loop
+            blocking = request.gettimeout()
+            request.settimeout(HANDSHAKE_TIMEOUT_S)
+            request = self.tls.wrap_socket(request, server_side=True)
+            request.settimeout(blocking)
+        except OSError:  # ssl.SSLError included: the client refused our certificate, or left
+            self.fake._handshake_failed()
+            request.close()
+            return
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            request.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
