@@ -143,7 +143,11 @@ class Amplitude:
             if any(v is not None for v in named.values()):
                 raise InvalidEventError("track: pass either an Event or keyword fields, not both")
             return self._accept(event_type.event_type, event_type.fields)
-        return self._accept(event_type, named)
+        if fields or self._middleware:
+            return self._accept(event_type, named)
+        # The common call: only track()'s own keywords (wire names, none renamed) and nothing
+        # to show the stamped dict to, so it is stamped, checked and encoded in one pass.
+        return self._append(self._encoder.stamp_and_encode(event_type, named))
 
     def identify(self, identify: Identify, *, user_id: str | None = None,
                  device_id: str | None = None, **fields: Any) -> str | None:
@@ -202,7 +206,9 @@ class Amplitude:
                 logger.debug("amp_lite: an event was dropped by middleware")
                 return None
             event = changed
-        buffered = self._encoder.encode(event)
+        return self._append(self._encoder.encode(event))
+
+    def _append(self, buffered: BufferedEvent) -> str:
         buffer = self._current_buffer()
         count, size = buffer.append(buffered)
         if count > self.config.max_buffered_events or size > self.config.max_buffered_bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import json.encoder
 import logging
 import math
 import os
@@ -60,18 +61,42 @@ INVALID_IDS = frozenset({
 MIN_EPOCH_MS = 100_000_000_000
 MAX_EPOCH_MS = 10_000_000_000_000  # year 2286
 
-# One encoder for every event: json.dumps with options would build a new one per call.
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                                allow_nan=False).encode
+
+def _make_json_encoder() -> Callable[[Any], str]:
+    """One encoder for every event, as compact JSON (non-ASCII kept, NaN refused).
+
+    JSONEncoder.encode builds a new C encoder on every call (a third of its cost for an event);
+    this builds it once. Without the C module, the plain JSONEncoder does the same work.
+    No circular-reference markers: encode() only ever sees fresh copies made by the field
+    checks, which refuse cycles themselves (and a shared markers dict would not be thread-safe).
+    """
+    options = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    make: Any = getattr(json.encoder, "c_make_encoder", None)  # CPython's _json, untyped
+    try:  # c_make_encoder's arguments are an implementation detail: any surprise, fall back
+        encode = make(None, options.default, json.encoder.encode_basestring, None,
+                      options.key_separator, options.item_separator, False, False, False)
+        if "".join(encode({"k": ["é", 1]}, 0)) != options.encode({"k": ["é", 1]}):
+            return options.encode
+    except TypeError:  # make is None (no C module) or its signature changed
+        return options.encode
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode_json = _make_json_encoder()
+
+# A random hex digit -> the same digit with its top two bits set to 10 (the RFC 4122 variant).
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_insert_id() -> str:
-    """A random (version 4) UUID string, built without uuid.UUID (several times faster)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID string, built without uuid.UUID (several times faster).
+
+    122 random bits from os.urandom per call; the version digit is written as "4" and the
+    variant digit mapped into 8..b. Never drawn from a pre-generated pool: a fork or a Lambda
+    SnapStart restore would copy the pool, and Amplitude drops events whose insert_id repeats.
+    """
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def now_ms() -> int:
@@ -110,17 +135,35 @@ class EventEncoder:
         if not isinstance(event, Mapping):
             raise InvalidEventError(f"event: middleware must return a dict or None, "
                                     f"got {type(event).__name__}")
-        wire = {}
-        for key, value in event.items():
-            if value is not None:
-                check = _FIELD_CHECKS.get(key)
-                if check is None:
-                    raise InvalidEventError(_unknown_field(key))
-                wire[key] = check(value, key)
+        wire = _checked_fields({}, event)
         if "time" not in wire:  # middleware removed the stamps: stamp again
             wire["time"] = now_ms()
         if "insert_id" not in wire:
             wire["insert_id"] = new_insert_id()
+        return self._finish(wire)
+
+    def stamp_and_encode(self, event_type: Any, fields: Mapping[str, Any]) -> BufferedEvent:
+        """`encode(stamp(event_type, fields))` in one pass, without the intermediate dict.
+
+        Only for what no middleware needs to see, and only when `fields` holds wire names
+        other than event_type (track()'s own keywords): then no key is renamed or repeated,
+        and the fields are checked in the same order, with the same errors, as encode().
+        """
+        wire: dict[str, Any] = {}
+        if event_type is not None:  # else "event_type: required", after the other fields
+            wire["event_type"] = _event_type(event_type, "event_type")
+        _checked_fields(wire, fields)
+        if "time" not in wire:
+            wire["time"] = now_ms()
+        if "insert_id" not in wire:
+            wire["insert_id"] = new_insert_id()
+        if self._plan is not None and "plan" not in wire:
+            wire["plan"] = _mapping(self._plan, "plan")
+        if self._metadata is not None and "ingestion_metadata" not in wire:
+            wire["ingestion_metadata"] = _mapping(self._metadata, "ingestion_metadata")
+        return self._finish(wire)
+
+    def _finish(self, wire: dict[str, Any]) -> BufferedEvent:
         self._check_identity(wire)
         wire["library"] = LIBRARY
         raw = _dumps(wire)
@@ -158,6 +201,17 @@ class EventEncoder:
             raise InvalidEventError("user_id/device_id: an event needs at least one of them")
 
 
+def _checked_fields(wire: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+    """Add each non-None field of `event` to `wire`, checked (and coerced) by its rule."""
+    for key, value in event.items():
+        if value is not None:
+            check = _FIELD_CHECKS.get(key)
+            if check is None:
+                raise InvalidEventError(_unknown_field(key))
+            wire[key] = check(value, key)
+    return wire
+
+
 def _unknown_field(key: Any) -> str:
     return (f"{key}: unknown Amplitude event field (Python names: "
             f"{', '.join(sorted(WIRE_NAMES))} map to {', '.join(sorted(WIRE_NAMES.values()))})")
@@ -170,6 +224,8 @@ def _event_type(value: Any, path: str) -> str:
 
 
 def _string(value: Any, path: str) -> str:
+    if type(value) is str and len(value) <= MAX_STRING_LENGTH:  # the common case, at once
+        return value
     if not isinstance(value, str):
         raise InvalidEventError(f"{path}: must be a string, got {type(value).__name__}")
     return _truncate(value, path)
@@ -187,7 +243,7 @@ def _library(value: Any, path: str) -> Any:
 
 def _properties(value: Any, path: str) -> dict[str, Any]:
     """A properties object: None values at its top level are left out (as the official SDK)."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # dict: skip the ABC check
         raise InvalidEventError(f"{path}: must be a dict, got {type(value).__name__}")
     return _normalise_mapping(value, path, 1, {id(value)}, drop_none=True)
 
@@ -317,18 +373,25 @@ def _normalise_mapping(value: Mapping[Any, Any], path: str, depth: int, active: 
                        *, drop_none: bool = False) -> dict[str, Any]:
     result = {}
     for key, item in value.items():
-        if type(key) is not str:
-            if not isinstance(key, str):
-                raise InvalidEventError(f"{path}: keys must be strings, got "
-                                        f"{type(key).__name__} key {brief(key)}")
-            key = str(key)  # noqa: PLW2901 - a str subclass, made plain
-        if len(key) > MAX_STRING_LENGTH:
-            key = _truncate(key, f"{path} key")  # noqa: PLW2901
-        if item is None and drop_none:
-            continue
-        result[key] = item if _is_flat(item) else _normalise(item, f"{path}.{key}", depth + 1,
-                                                             active)
+        if type(key) is not str or len(key) > MAX_STRING_LENGTH:
+            key = _plain_key(key, path)  # noqa: PLW2901
+        kind = type(item)  # _is_flat inlined: most property values are flat
+        if (kind is str and len(item) <= MAX_STRING_LENGTH) or kind is int or kind is bool:
+            result[key] = item
+        elif item is None:
+            if not drop_none:
+                result[key] = None
+        else:
+            result[key] = _normalise(item, f"{path}.{key}", depth + 1, active)
     return result
+
+
+def _plain_key(key: Any, path: str) -> str:
+    """A mapping key as a plain str of at most MAX_STRING_LENGTH characters."""
+    if not isinstance(key, str):
+        raise InvalidEventError(f"{path}: keys must be strings, got "
+                                f"{type(key).__name__} key {brief(key)}")
+    return _truncate(str(key), f"{path} key")  # str(): a str subclass, made plain
 
 
 _COERCIONS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
