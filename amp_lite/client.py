@@ -147,7 +147,7 @@ class Amplitude:
             return self._accept(event_type, named)
         # The common call: only track()'s own keywords (wire names, none renamed) and nothing
         # to show the stamped dict to, so it is stamped, checked and encoded in one pass.
-        return self._append(self._encoder.stamp_and_encode(event_type, named))
+        return self._append(*self._encoder.stamp_and_encode(event_type, named))
 
     def identify(self, identify: Identify, *, user_id: str | None = None,
                  device_id: str | None = None, **fields: Any) -> str | None:
@@ -206,14 +206,14 @@ class Amplitude:
                 logger.debug("amp_lite: an event was dropped by middleware")
                 return None
             event = changed
-        return self._append(self._encoder.encode(event))
+        return self._append(*self._encoder.encode(event))
 
-    def _append(self, buffered: BufferedEvent) -> str:
+    def _append(self, buffered: BufferedEvent, insert_id: str) -> str:
         buffer = self._current_buffer()
         count, size = buffer.append(buffered)
         if count > self.config.max_buffered_events or size > self.config.max_buffered_bytes:
             self._overflow_excess(buffer)
-        return buffered.insert_id
+        return insert_id
 
     def _overflow_excess(self, buffer: EventBuffer) -> None:
         """Overflow the oldest events of a buffer past its cap, now (bounded memory)."""

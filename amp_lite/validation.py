@@ -130,8 +130,9 @@ class EventEncoder:
             event["ingestion_metadata"] = dict(self._metadata)
         return event
 
-    def encode(self, event: Mapping[str, Any]) -> BufferedEvent:
-        """Validate and encode a stamped event (after middleware)."""
+    def encode(self, event: Mapping[str, Any]) -> tuple[BufferedEvent, str]:
+        """Validate and encode a stamped event (after middleware): the event and its
+        insert_id."""
         if not isinstance(event, Mapping):
             raise InvalidEventError(f"event: middleware must return a dict or None, "
                                     f"got {type(event).__name__}")
@@ -142,7 +143,8 @@ class EventEncoder:
             wire["insert_id"] = new_insert_id()
         return self._finish(wire)
 
-    def stamp_and_encode(self, event_type: Any, fields: Mapping[str, Any]) -> BufferedEvent:
+    def stamp_and_encode(self, event_type: Any,
+                         fields: Mapping[str, Any]) -> tuple[BufferedEvent, str]:
         """`encode(stamp(event_type, fields))` in one pass, without the intermediate dict.
 
         Only for what no middleware needs to see, and only when `fields` holds wire names
@@ -163,7 +165,7 @@ class EventEncoder:
             wire["ingestion_metadata"] = _mapping(self._metadata, "ingestion_metadata")
         return self._finish(wire)
 
-    def _finish(self, wire: dict[str, Any]) -> BufferedEvent:
+    def _finish(self, wire: dict[str, Any]) -> tuple[BufferedEvent, str]:
         self._check_identity(wire)
         wire["library"] = LIBRARY
         raw = _dumps(wire)
@@ -171,7 +173,7 @@ class EventEncoder:
             raise InvalidEventError(
                 f"event: encoded size {len(raw)} bytes exceeds what one request can carry "
                 f"({self._max_event_bytes} bytes)")
-        return BufferedEvent(raw, wire["insert_id"], wire.get("user_id"), wire.get("device_id"))
+        return BufferedEvent(raw), wire["insert_id"]  # only the bytes are buffered
 
     def _check_identity(self, wire: dict[str, Any]) -> None:
         if "event_type" not in wire:

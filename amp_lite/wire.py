@@ -4,29 +4,67 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 
-class BufferedEvent(NamedTuple):
+class BufferedEvent:
     """A validated event, already encoded as the JSON bytes that will be sent.
 
     Encoding at `track()` time freezes the event (later changes to the caller's dicts cannot
-    leak in), measures its size once, and keeps buffers compact. The ids are kept beside the
-    bytes because 429 replies name throttled users and devices.
+    leak in) and measures its size once. A tracked event keeps only its bytes, so a buffer of
+    100,000 events costs little more than their JSON: the ids that 429 replies and replays need
+    (`insert_id`, `user_id`, `device_id`) are read back from the bytes on first use, unless
+    they were given. Treat it as immutable.
     """
 
-    raw: bytes
-    insert_id: str
-    user_id: str | None
-    device_id: str | None
+    __slots__ = ("_ids", "raw")
+
+    def __init__(self, raw: bytes, insert_id: str | None = None, user_id: str | None = None,
+                 device_id: str | None = None) -> None:
+        self.raw = raw
+        self._ids = None if insert_id is None else (insert_id, user_id, device_id)
 
     @classmethod
     def from_json(cls, raw: bytes) -> BufferedEvent:
         """Rebuild from encoded bytes (events read back from an overflow sink)."""
-        fields = json.loads(raw)
-        if not isinstance(fields, dict) or not isinstance(fields.get("insert_id"), str):
-            raise ValueError("an encoded event must be a JSON object with an insert_id")
-        return cls(raw, fields["insert_id"], fields.get("user_id"), fields.get("device_id"))
+        event = cls(raw)
+        event._read_ids()  # refuse what is not an event now, not when it is sent
+        return event
+
+    @property
+    def insert_id(self) -> str:
+        return self._read_ids()[0]
+
+    @property
+    def user_id(self) -> str | None:
+        return self._read_ids()[1]
+
+    @property
+    def device_id(self) -> str | None:
+        return self._read_ids()[2]
+
+    def _read_ids(self) -> tuple[str, str | None, str | None]:
+        if self._ids is None:
+            fields = json.loads(self.raw)
+            if not isinstance(fields, dict) or not isinstance(fields.get("insert_id"), str):
+                raise ValueError("an encoded event must be a JSON object with an insert_id")
+            self._ids = (fields["insert_id"], _optional_str(fields.get("user_id")),
+                         _optional_str(fields.get("device_id")))
+        return self._ids
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BufferedEvent):
+            return NotImplemented
+        return self.raw == other.raw and self._read_ids() == other._read_ids()
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __repr__(self) -> str:
+        return f"BufferedEvent(insert_id={self.insert_id!r}, {len(self.raw)} bytes)"
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def request_prefix(api_key: str) -> bytes:

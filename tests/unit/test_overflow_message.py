@@ -211,7 +211,7 @@ def test_no_api_key_anywhere_in_a_message() -> None:
     client = Amplitude(API_KEY, server_url="http://127.0.0.1:9/2/httpapi")
     encoder = EventEncoder(client.config)
     events = [encoder.encode(encoder.stamp("Signed Up", {"user_id": f"user-{i}",
-                                                        "event_properties": {"n": i}}))
+                                                        "event_properties": {"n": i}}))[0]
               for i in range(20)]
 
     # WHEN packed
