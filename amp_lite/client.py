@@ -22,6 +22,7 @@ from .config import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_BUFFERED_EVENTS,
     DEFAULT_REQUEST_TIMEOUT_S,
+    ENV_QUEUE_URL,
     ENV_SPILL_DIR,
     ClientConfig,
     IngestionMetadata,
@@ -41,7 +42,6 @@ from .event import (
     Revenue,
 )
 from .overflow import LocalSpill, OverflowSink, RecoverableSink, SpillClaim
-from .overflow.sqs import ENV_QUEUE_URL, SQSOverflow
 from .report import DeliveryReport, Tally
 from .retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
 from .sender import Sender, Transport
@@ -498,7 +498,11 @@ def default_sinks(api_key: str, server_url: str) -> tuple[OverflowSink, ...]:
     """SQS first when AMP_LITE_OVERFLOW_QUEUE_URL is set, then the local spill."""
     spill = default_spill(api_key, server_url)
     queue_url = os.environ.get(ENV_QUEUE_URL)
-    return (SQSOverflow(queue_url), spill) if queue_url else (spill,)
+    if not queue_url:
+        return (spill,)
+    from .overflow.sqs import SQSOverflow  # the SQS code loads only where it is configured
+
+    return (SQSOverflow(queue_url), spill)
 
 
 def default_spill(api_key: str, server_url: str) -> LocalSpill:

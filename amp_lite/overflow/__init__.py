@@ -11,12 +11,14 @@ A sink that the next flush can read back from (the local spill) also has
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..deadline import Deadline
 from ..wire import BufferedEvent
 from .local import LocalSpill, SpillClaim
-from .sqs import SQSOverflow
+
+if TYPE_CHECKING:
+    from .sqs import SQSOverflow
 
 
 @runtime_checkable
@@ -34,3 +36,13 @@ class RecoverableSink(OverflowSink, Protocol):
 
 
 __all__ = ["LocalSpill", "OverflowSink", "RecoverableSink", "SQSOverflow", "SpillClaim"]
+
+
+def __getattr__(name: str) -> Any:
+    # SQSOverflow (and the message format under it) load on first use: most functions that
+    # import amp_lite never overflow to SQS, and a cold start pays for every module.
+    if name == "SQSOverflow":
+        from .sqs import SQSOverflow
+
+        return SQSOverflow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,6 @@ from .message import OverflowMessage, fits_in_a_message, pack_batches, pack_mess
 
 logger = logging.getLogger("amp_lite")
 
-ENV_QUEUE_URL = "AMP_LITE_OVERFLOW_QUEUE_URL"
 DEFAULT_RESERVE_S = 0.5  # an in-region SendMessageBatch takes tens of milliseconds
 MAX_SEND_ROUNDS = 3  # per batch: the first send and up to two resends of Failed entries
 # botocore clients are cached per timeout step: building one costs ~20 ms, and the reserve is

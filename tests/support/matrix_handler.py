@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import amp_lite
+from amp_lite.config import ENV_QUEUE_URL
 from amp_lite.overflow import LocalSpill, OverflowSink, SQSOverflow
-from amp_lite.overflow.sqs import ENV_QUEUE_URL
 
 ENV_SPILL_DIR = "AMP_LITE_SPILL_DIR"
 EVENT_TYPE = "Matrix Event"
