@@ -223,9 +223,9 @@ class Amplitude:
         early = Tally(tracked=len(excess))
         try:
             sinks = self._overflow_sinks(self._api_key())
-        except ConfigError:
-            logger.error("amp_lite: %d events dropped: buffer cap passed and no API key "
-                         "(set AMPLITUDE_API_KEY)", len(excess))
+        except ConfigError as exc:
+            logger.error("amp_lite: %d events dropped: buffer cap passed and %s", len(excess),
+                         exc)
             early.dropped[r.DROPPED_CONFIG] += len(excess)
         else:
             reserve = sum(sink.reserve_s for sink in sinks)
@@ -392,9 +392,12 @@ class Amplitude:
         for sink in sinks:
             if isinstance(sink, RecoverableSink):
                 try:
-                    return sink.claim(max_events=self.config.max_request_events)
+                    claim = sink.claim(max_events=self.config.max_request_events)
                 except OSError:
                     logger.warning("amp_lite: could not read the spill of %s", sink.name)
+                    continue
+                if claim is not None:
+                    return claim
         return None
 
     def _overflow_sinks(self, api_key: str) -> tuple[OverflowSink, ...]:
@@ -528,12 +531,13 @@ def _check_overflow(overflow: Any) -> OverflowSink | tuple[OverflowSink, ...] | 
 def _resolve_sinks(overflow: OverflowSink | tuple[OverflowSink, ...] | None, api_key: str,
                    server_url: str) -> tuple[OverflowSink, ...]:
     """None: the default sinks. A list: exactly those, in order (empty: none). One sink: that
-    sink, then the default local spill for what it cannot take (an SQS outage)."""
+    sink, then (unless it is a spill itself) the default local spill for what it cannot take,
+    e.g. during an SQS outage."""
     if overflow is None:
         return default_sinks(api_key, server_url)
     if isinstance(overflow, tuple):
         return overflow
-    if isinstance(overflow, LocalSpill):
+    if isinstance(overflow, RecoverableSink):  # a spill of its own: read back by our flushes
         return (overflow,)
     return (overflow, default_spill(api_key, server_url))
 

@@ -116,11 +116,16 @@ def _open_scope(client: Amplitude | None, args: tuple[Any, ...], kwargs: dict[st
         return _scope_for_call(chosen, args, kwargs, margin_ms, flush_timeout_s, timeout_s,
                                platform)
     except Exception:
-        # e.g. a bad AMP_LITE_TIMEOUT_S: still flush this invocation's events, within the
-        # client's flush_timeout_s, rather than leave them in a buffer nobody flushes
+        # e.g. a bad AMP_LITE_TIMEOUT_S: still flush this invocation's events, bounded by
+        # flush_timeout_s, rather than leave them in a buffer nobody flushes
         logger.exception("amp_lite: bad flush settings; this invocation's flush is bounded "
-                         "by the client's flush_timeout_s")
-        return chosen.invocation(margin_ms=margin_ms)
+                         "by flush_timeout_s only")
+    try:
+        return chosen.invocation(remaining_time_ms=_remaining_time_fn(args, kwargs),
+                                 margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
+    except Exception:
+        logger.exception("amp_lite: could not open an invocation scope")
+        return None
 
 
 def _scope_for_call(client: Amplitude, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -77,7 +77,7 @@ def _make_json_encoder() -> Callable[[Any], str]:
                       options.key_separator, options.item_separator, False, False, False)
         if "".join(encode({"k": ["é", 1]}, 0)) != options.encode({"k": ["é", 1]}):
             return options.encode
-    except TypeError:  # make is None (no C module) or its signature changed
+    except Exception:  # make is None (no C module), or its signature or behaviour changed
         return options.encode
     return lambda value: "".join(encode(value, 0))
 
@@ -173,7 +173,7 @@ class EventEncoder:
             raise InvalidEventError(
                 f"event: encoded size {len(raw)} bytes exceeds what one request can carry "
                 f"({self._max_event_bytes} bytes)")
-        return BufferedEvent(raw), wire["insert_id"]  # only the bytes are buffered
+        return BufferedEvent.encoded(raw), wire["insert_id"]  # only the bytes are buffered
 
     def _check_identity(self, wire: dict[str, Any]) -> None:
         if "event_type" not in wire:

@@ -18,15 +18,24 @@ class BufferedEvent:
 
     __slots__ = ("_ids", "raw")
 
-    def __init__(self, raw: bytes, insert_id: str | None = None, user_id: str | None = None,
+    def __init__(self, raw: bytes, insert_id: str, user_id: str | None = None,
                  device_id: str | None = None) -> None:
         self.raw = raw
-        self._ids = None if insert_id is None else (insert_id, user_id, device_id)
+        self._ids: tuple[str, str | None, str | None] | None = (insert_id, user_id, device_id)
+
+    @classmethod
+    def encoded(cls, raw: bytes) -> BufferedEvent:
+        """Bytes the event encoder just produced (a JSON object with an insert_id): only they
+        are kept; the ids are read back from them on first use."""
+        event = cls.__new__(cls)
+        event.raw, event._ids = raw, None
+        return event
 
     @classmethod
     def from_json(cls, raw: bytes) -> BufferedEvent:
-        """Rebuild from encoded bytes (events read back from an overflow sink)."""
-        event = cls(raw)
+        """Rebuild from encoded bytes (events read back from an overflow sink); raises
+        ValueError for anything that is not a JSON object with an insert_id."""
+        event = cls.encoded(raw)
         event._read_ids()  # refuse what is not an event now, not when it is sent
         return event
 
@@ -60,7 +69,8 @@ class BufferedEvent:
         return hash(self.raw)
 
     def __repr__(self) -> str:
-        return f"BufferedEvent(insert_id={self.insert_id!r}, {len(self.raw)} bytes)"
+        shown = f"insert_id={self._ids[0]!r}, " if self._ids else ""
+        return f"BufferedEvent({shown}{len(self.raw)} bytes)"
 
 
 def _optional_str(value: object) -> str | None:

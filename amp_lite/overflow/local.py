@@ -98,10 +98,11 @@ class LocalSpill:
                                      f"{type(exc).__name__}") from exc
 
     def used_bytes(self, *, include_claimed: bool = True) -> int:
-        """Bytes in the directory. The cap leaves out files claimed by a flush in progress:
-        they are deleted when it ends, and its events that fail again are written anew, so
-        counting both would refuse that re-spill once the spill is half full. Between flushes
-        the directory holds at most `max_bytes`; during one, also what that flush claimed."""
+        """Bytes in the directory. The cap leaves out claimed files: a flush in progress deletes
+        its claim when it ends and writes its events that fail again anew, so counting both
+        would refuse that re-spill once the spill is half full. So the directory can briefly
+        hold more than `max_bytes`: what flushes in progress claimed (at most one request's
+        worth each), and claims abandoned by a crashed process until they are given back."""
         total = 0
         try:
             with os.scandir(self.directory) as entries:

@@ -305,6 +305,24 @@ def test_a_lone_sink_that_fails_falls_back_to_the_default_spill(
     assert claim is not None and sorted(e.insert_id for e in claim.events) == sorted(ids)
 
 
+class RecoverableFailingSink(FailingSink):
+    """A sink of the user's own that reads back what it holds (like LocalSpill), failing."""
+
+    def claim(self, *, max_events: int) -> None:
+        return None
+
+
+def test_a_lone_recoverable_sink_gets_no_second_spill(fake: FakeAmplitude,
+                                                      clean_env: Path) -> None:
+    # GIVEN a lone sink that is a spill of its own (it can be read back), which fails
+    client = make_client(fake, overflow=RecoverableFailingSink("mine", OverflowWriteError("x")))
+    with spent_budget(client) as inv:
+        track_n(client, 2)
+    # THEN no default spill was put behind it (nothing would read that one back): dropped
+    assert dict(assert_balanced(inv.report).dropped_reasons) == {"sink_failed": 2}
+    assert spilled_files(clean_env) == []
+
+
 def test_a_list_of_sinks_is_taken_exactly(fake: FakeAmplitude, clean_env: Path) -> None:
     # GIVEN a list holding only the failing sink: no fallback was asked for
     client = make_client(fake, overflow=[FailingSink("sqs", OverflowWriteError("down"))])

@@ -284,3 +284,23 @@ def test_bad_timeout_environment_still_flushes_the_invocation(
     assert result == "ok"
     assert "AMP_LITE_TIMEOUT_S" in caplog.text
     assert len(fake.events) == 1 and client.pending == 0
+
+
+def test_bad_timeout_environment_keeps_the_decorators_flush_cap(
+        fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a Cloud Functions handler capped at 0.5 s, an unreadable AMP_LITE_TIMEOUT_S, a
+    # client allowing 4 s, and an Amplitude that hangs
+    monkeypatch.setenv("AMP_LITE_TIMEOUT_S", "soon")
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=4.0)
+    fake.script(Fault.hang(10))
+
+    @amplitude_flush(client, flush_timeout_s=0.5)
+    def handler(request: Any) -> str:
+        client.track("Capped", user_id="user-env")
+        return "ok"
+
+    # WHEN it runs / THEN the flush still ends within the decorator's cap
+    started = time.monotonic()
+    assert handler(object()) == "ok"
+    assert time.monotonic() - started < 0.5 + TOLERANCE_S
+

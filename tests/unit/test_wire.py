@@ -165,3 +165,19 @@ def test_buffered_event_from_json_refuses_non_events(raw: bytes) -> None:
 def test_buffered_event_from_json_refuses_invalid_json() -> None:
     with pytest.raises(ValueError):
         BufferedEvent.from_json(b"{not json")
+
+
+def test_an_encoded_event_keeps_its_bytes_and_reads_its_ids_back() -> None:
+    # GIVEN the bytes the encoder produced, WHEN only those are kept
+    raw = b'{"event_type":"e","user_id":"user-1","device_id":"dev-1","insert_id":"abc"}'
+    event = BufferedEvent.encoded(raw)
+    # THEN the repr does not parse them, and the ids come back from the bytes when asked
+    assert repr(event) == f"BufferedEvent({len(raw)} bytes)"
+    assert (event.insert_id, event.user_id, event.device_id) == ("abc", "user-1", "dev-1")
+    assert event == BufferedEvent(raw, "abc", "user-1", "dev-1")
+    assert "insert_id='abc'" in repr(event)
+
+
+def test_a_hand_built_event_needs_its_insert_id() -> None:
+    with pytest.raises(TypeError):
+        BufferedEvent(b'{"event_type":"e","insert_id":"x"}')  # type: ignore[call-arg]
