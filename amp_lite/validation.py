@@ -120,10 +120,7 @@ class EventEncoder:
         for key, value in fields.items():
             if value is not None:
                 event[WIRE_NAMES.get(key, key)] = value
-        if "time" not in event:
-            event["time"] = now_ms()
-        if "insert_id" not in event:
-            event["insert_id"] = new_insert_id()
+        _stamp_time_and_id(event)
         if self._plan is not None and "plan" not in event:
             event["plan"] = dict(self._plan)
         if self._metadata is not None and "ingestion_metadata" not in event:
@@ -137,10 +134,7 @@ class EventEncoder:
             raise InvalidEventError(f"event: middleware must return a dict or None, "
                                     f"got {type(event).__name__}")
         wire = _checked_fields({}, event)
-        if "time" not in wire:  # middleware removed the stamps: stamp again
-            wire["time"] = now_ms()
-        if "insert_id" not in wire:
-            wire["insert_id"] = new_insert_id()
+        _stamp_time_and_id(wire)  # again: middleware may have removed the stamps
         return self._finish(wire)
 
     def stamp_and_encode(self, event_type: Any,
@@ -154,11 +148,7 @@ class EventEncoder:
         wire: dict[str, Any] = {}
         if event_type is not None:  # else "event_type: required", after the other fields
             wire["event_type"] = _event_type(event_type, "event_type")
-        _checked_fields(wire, fields)
-        if "time" not in wire:
-            wire["time"] = now_ms()
-        if "insert_id" not in wire:
-            wire["insert_id"] = new_insert_id()
+        _stamp_time_and_id(_checked_fields(wire, fields))
         if self._plan is not None and "plan" not in wire:
             wire["plan"] = _mapping(self._plan, "plan")
         if self._metadata is not None and "ingestion_metadata" not in wire:
@@ -201,6 +191,14 @@ class EventEncoder:
             has_id = True
         if not has_id and wire["event_type"] != GROUP_IDENTIFY_EVENT:
             raise InvalidEventError("user_id/device_id: an event needs at least one of them")
+
+
+def _stamp_time_and_id(event: dict[str, Any]) -> None:
+    """Give an event without them the current `time` and a new `insert_id`."""
+    if "time" not in event:
+        event["time"] = now_ms()
+    if "insert_id" not in event:
+        event["insert_id"] = new_insert_id()
 
 
 def _checked_fields(wire: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from amp_lite.transport import MAX_RESPONSE_BYTES
 from amp_lite.validation import KNOWN_FIELDS
 from amp_lite.wire import BufferedEvent
 from tests.conftest import API_KEY
+from tests.support.raw_server import RawServer
 
 FLUSH_BUDGET_S = 5.0  # generous: a healthy local flush takes a few milliseconds
 FAULT_BUDGET_S = 0.4  # budget of flushes against hostile replies
@@ -536,43 +536,21 @@ def test_wrong_content_and_type_replies_are_failures(
     assert_failed_then_overflowed(report, sink, ids, elapsed)
 
 
-class RawReplyServer:
-    """A raw HTTP server on 127.0.0.1: reads each request whole, answers `reply`, then closes
-    the connection (whatever the reply's headers said).
-    For replies the stdlib server cannot produce (a truncated gzip body, a short body)."""
+class RawReplyServer(RawServer):
+    """Reads each request whole, answers `reply`, then closes the connection (whatever the
+    reply's headers said). For replies the stdlib server cannot produce (a truncated gzip
+    body, a short body)."""
 
     def __init__(self, reply: bytes) -> None:
+        super().__init__()
         self.reply = reply
         self.requests = 0
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/2/httpapi"
-
-    def __enter__(self) -> RawReplyServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        self._listener.settimeout(0.05)  # so that __exit__ is noticed between connections
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(2.0)
-                self._read_request(conn)
-                self.requests += 1
-                conn.sendall(self.reply)
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        self._read_request(conn)
+        self.requests += 1
+        conn.sendall(self.reply)
 
     @staticmethod
     def _read_request(conn: socket.socket) -> None:

@@ -3,10 +3,8 @@ flush runs past its deadline (I3), whatever the server answers."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from amp_lite.sender import Sender
 from amp_lite.testing import FakeAmplitude, Fault
 from amp_lite.wire import BufferedEvent
 from tests.conftest import API_KEY
+from tests.support.raw_server import RawServer
 
 USERS = ("user-a", "user-b", "user-c")
 DEVICES = ("device-a", "device-b", "device-c")
@@ -281,46 +280,24 @@ def test_real_flush_against_fake_amplitude_is_balanced_and_on_time(
     assert elapsed_ms <= limit_ms
 
 
-class TricklingHeadersServer:
-    """A raw HTTP server on 127.0.0.1 that reads one request, then sends its reply headers one
-    byte every `pause_s`: a slow-loris reply that stays within every per-read socket timeout."""
+class TricklingHeadersServer(RawServer):
+    """Reads one request, then sends its reply headers one byte every `pause_s`: a
+    slow-loris reply that stays within every per-read socket timeout."""
 
     def __init__(self, pause_s: float, header_bytes: int) -> None:
+        super().__init__()
         self.pause_s = pause_s
         self.head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 13\r\nX-Pad: " + b"a" * header_bytes + b"\r\n\r\n"
                      b'{"code": 200}')
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/2/httpapi"
-
-    def __enter__(self) -> TricklingHeadersServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        self._listener.settimeout(0.05)  # so that __exit__ is noticed between connections
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:  # timeout, or the listener was closed
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(None)
-                conn.recv(65536)
-                for i in range(len(self.head)):
-                    if self._stop.wait(self.pause_s):
-                        return
-                    conn.sendall(self.head[i:i + 1])
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(None)
+        conn.recv(65536)
+        for i in range(len(self.head)):
+            if self.stopping.wait(self.pause_s):
+                return
+            conn.sendall(self.head[i:i + 1])
 
 
 def test_real_flush_stays_on_time_when_reply_headers_trickle() -> None:
