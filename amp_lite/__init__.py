@@ -11,11 +11,11 @@
 from . import gcp
 from ._logging import configure_logger
 from ._version import __version__
-from .client import Amplitude, Invocation
-from .config import IngestionMetadata, Plan
-from .deadline import Deadline
-from .decorator import amplitude_flush
-from .default import (
+from ._client import Amplitude, Invocation
+from ._config import IngestionMetadata, Plan
+from ._deadline import Deadline
+from ._decorator import amplitude_flush
+from ._default import (
     flush,
     get_client,
     group_identify,
@@ -25,11 +25,11 @@ from .default import (
     set_group,
     track,
 )
-from .errors import AmpLiteError, ConfigError, InvalidEventError, OverflowWriteError, TransportError
-from .event import Event, Identify, Revenue
-from .report import DeliveryReport
-from .retry import BaseRetryHandler, OfflineRetryHandler, Retry, RetryHandler, SendOutcome
-from .wire import BufferedEvent
+from ._errors import AmpLiteError, ConfigError, InvalidEventError, OverflowWriteError, TransportError
+from ._events import Event, Identify, Revenue
+from ._report import DeliveryReport
+from ._retry import BaseRetryHandler, OfflineRetryHandler, Retry, RetryHandler, SendOutcome
+from ._wire import BufferedEvent
 
 configure_logger()
 

@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .decorator import DEFAULT_MARGIN_MS, amplitude_flush
-from .errors import ConfigError
+from ._decorator import DEFAULT_MARGIN_MS, amplitude_flush
+from ._errors import ConfigError
 
 ENV_HANDLER = "AMP_LITE_HANDLER"
 

@@ -18,10 +18,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .client import Amplitude
-from .config import _positive_seconds
-from .decorator import DEFAULT_MARGIN_MS, wrap_handler
-from .errors import ConfigError
+from ._client import Amplitude
+from ._config import _positive_seconds
+from ._decorator import DEFAULT_MARGIN_MS, wrap_handler
+from ._errors import ConfigError
 
 ENV_TIMEOUT = "AMP_LITE_TIMEOUT_S"
 PLATFORM_TIMEOUT_VARIABLES = ("FUNCTION_TIMEOUT_SEC", "CLOUD_RUN_TIMEOUT_SECONDS")

@@ -23,14 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Amplitude
-from .deadline import Deadline
-from .decorator import DEFAULT_MARGIN_MS
-from .default import api_key_from_environment
-from .errors import AmpLiteError
-from .overflow.message import MessageFormatError, decode_message
-from .report import REQUEST_REJECTIONS
-from .wire import BufferedEvent
+from ._client import Amplitude
+from ._deadline import Deadline
+from ._decorator import DEFAULT_MARGIN_MS
+from ._default import api_key_from_environment
+from ._errors import AmpLiteError
+from .overflow._message import MessageFormatError, decode_message
+from ._report import REQUEST_REJECTIONS
+from ._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
 

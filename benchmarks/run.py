@@ -58,7 +58,7 @@ import amplitude
 from amplitude.constants import PluginType
 
 import amp_lite
-from amp_lite.overflow.message import message_attributes, pack_messages
+from amp_lite.overflow._message import message_attributes, pack_messages
 from amp_lite.replay import make_handler
 
 HERE = Path(__file__).resolve().parent

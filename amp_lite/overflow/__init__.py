@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ..deadline import Deadline
-from ..wire import BufferedEvent
-from .local import LocalSpill, SpillClaim
+from .._deadline import Deadline
+from .._wire import BufferedEvent
+from ._local import LocalSpill, SpillClaim
 
 if TYPE_CHECKING:
-    from .sqs import SQSOverflow
+    from ._sqs import SQSOverflow
 
 
 @runtime_checkable
@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
     # SQSOverflow (and the message format under it) load on first use: most functions that
     # import amp_lite never overflow to SQS, and a cold start pays for every module.
     if name == "SQSOverflow":
-        from .sqs import SQSOverflow
+        from ._sqs import SQSOverflow
 
         return SQSOverflow
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 
 if TYPE_CHECKING:  # cryptography loads only inside make_tls_files (I6)
     from cryptography import x509

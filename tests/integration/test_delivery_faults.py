@@ -19,7 +19,7 @@ import pytest
 
 from amp_lite import Amplitude, BufferedEvent, Deadline, DeliveryReport, RetryHandler
 from amp_lite.overflow import LocalSpill
-from amp_lite.retry import OfflineRetryHandler
+from amp_lite._retry import OfflineRetryHandler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 

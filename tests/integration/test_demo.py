@@ -19,7 +19,7 @@ DEMO_TIMEOUT_S = 30
 def run_cli(*args: str, spill_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMPLITUDE_")}
     env["AMP_LITE_SPILL_DIR"] = str(spill_dir)
-    return subprocess.run([sys.executable, "-m", "amp_lite.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "amp_lite", *args], env=env,
                           capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from amp_lite import Amplitude
-from amp_lite.deadline import Deadline
-from amp_lite.overflow.sqs import SQSOverflow
+from amp_lite._deadline import Deadline
+from amp_lite.overflow._sqs import SQSOverflow
 from amp_lite.replay import make_handler
-from amp_lite.retry import RetryHandler
+from amp_lite._retry import RetryHandler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 from tests.support.sqs_events import (
@@ -37,7 +37,7 @@ from tests.support.sqs_events import (
     wire_event,
 )
 
-MARGIN_MS = 500  # amp_lite.decorator.DEFAULT_MARGIN_MS, make_handler's default
+MARGIN_MS = 500  # amp_lite._decorator.DEFAULT_MARGIN_MS, make_handler's default
 TOLERANCE_S = 0.6
 
 

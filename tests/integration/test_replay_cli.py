@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from amp_lite.deadline import Deadline
-from amp_lite.overflow.sqs import SQSOverflow
+from amp_lite._deadline import Deadline
+from amp_lite.overflow._sqs import SQSOverflow
 from amp_lite.testing import FakeAmplitude
-from amp_lite.wire import BufferedEvent
+from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 from tests.support.lambda_runtime import REPO_ROOT
 from tests.support.sqs_events import (
@@ -62,7 +62,7 @@ def _run(moto_url: str, fake: FakeAmplitude | None, *args: str,
         env["AMPLITUDE_SERVER_URL"] = fake.url
     if api_key is not None:
         env["AMPLITUDE_API_KEY"] = api_key
-    return subprocess.run([sys.executable, "-m", "amp_lite.cli", "replay", *args],
+    return subprocess.run([sys.executable, "-m", "amp_lite", "replay", *args],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S, check=False)
 

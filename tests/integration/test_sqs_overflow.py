@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from amp_lite import Amplitude, Deadline, OfflineRetryHandler, OverflowWriteError
-from amp_lite.client import default_sinks
+from amp_lite._client import default_sinks
 from amp_lite.overflow import LocalSpill, SQSOverflow
-from amp_lite.overflow.message import decode_message
+from amp_lite.overflow._message import decode_message
 from amp_lite.testing import FakeAmplitude, Fault
-from amp_lite.wire import BufferedEvent
+from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 
 FLUSH_TIMEOUT_S = 1.0
@@ -487,7 +487,7 @@ def test_batches_left_when_the_deadline_passes_are_returned_as_unwritten() -> No
 def test_botocore_timeouts_never_exceed_the_time_left(
         closed_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN an SQS sink whose botocore clients are observed as they are built
-    import amp_lite.overflow.sqs as sqs_module
+    import amp_lite.overflow._sqs as sqs_module
 
     built: list[float] = []
     real_build = sqs_module._build_client

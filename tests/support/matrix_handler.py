@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import amp_lite
-from amp_lite.config import ENV_QUEUE_URL
+from amp_lite._config import ENV_QUEUE_URL
 from amp_lite.overflow import LocalSpill, OverflowSink, SQSOverflow
 
 ENV_SPILL_DIR = "AMP_LITE_SPILL_DIR"

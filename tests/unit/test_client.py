@@ -24,7 +24,7 @@ from amp_lite import (
     Revenue,
     SendOutcome,
 )
-from amp_lite.client import RECOVERY_MIN_BUDGET_S, default_spill
+from amp_lite._client import RECOVERY_MIN_BUDGET_S, default_spill
 from amp_lite.overflow import LocalSpill
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from amp_lite.deadline import Deadline
+from amp_lite._deadline import Deadline
 
 
 class FakeClock:

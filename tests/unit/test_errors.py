@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amp_lite import Amplitude, InvalidEventError
-from amp_lite.errors import brief
+from amp_lite._errors import brief
 from tests.conftest import API_KEY
 
 

@@ -34,12 +34,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from amp_lite import Amplitude, Identify, InvalidEventError, RetryHandler, Revenue
-from amp_lite.deadline import Deadline
+from amp_lite._deadline import Deadline
 from amp_lite.replay import ReplayRecord, make_handler, replay_records
 from amp_lite.testing import FakeAmplitude, Fault
-from amp_lite.transport import MAX_RESPONSE_BYTES
-from amp_lite.validation import KNOWN_FIELDS
-from amp_lite.wire import BufferedEvent
+from amp_lite._http import MAX_RESPONSE_BYTES
+from amp_lite._validation import KNOWN_FIELDS
+from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 from tests.support.raw_server import RawServer
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from amp_lite import BufferedEvent, ConfigError, Deadline, OverflowWriteError
-from amp_lite.client import default_spill
-from amp_lite.overflow.local import (
+from amp_lite._client import default_spill
+from amp_lite.overflow._local import (
     CLAIM_MARK,
     SPILL_SUFFIX,
     STALE_CLAIM_S,

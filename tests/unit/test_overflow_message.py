@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from amp_lite import BufferedEvent
-from amp_lite.client import Amplitude
-from amp_lite.overflow.message import (
+from amp_lite._client import Amplitude
+from amp_lite.overflow._message import (
     MessageFormatError,
     OverflowMessage,
     decode_message,
     pack_batches,
     pack_messages,
 )
-from amp_lite.validation import EventEncoder
+from amp_lite._validation import EventEncoder
 from tests.conftest import API_KEY
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576

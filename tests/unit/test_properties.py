@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from amp_lite import Amplitude
-from amp_lite.buffer import EventBuffer
-from amp_lite.deadline import Deadline
-from amp_lite.response import Reply
-from amp_lite.retry import MIN_ATTEMPT_S, RetryHandler
-from amp_lite.sender import Sender
+from amp_lite._scope import EventBuffer
+from amp_lite._deadline import Deadline
+from amp_lite._reply import Reply
+from amp_lite._retry import MIN_ATTEMPT_S, RetryHandler
+from amp_lite._sender import Sender
 from amp_lite.testing import FakeAmplitude, Fault
-from amp_lite.wire import BufferedEvent
+from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 from tests.support.raw_server import RawServer
 

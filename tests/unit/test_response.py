@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from amp_lite import report as r
-from amp_lite.response import Reply, Verdict, classify
-from amp_lite.wire import BufferedEvent
+from amp_lite import _report as r
+from amp_lite._reply import Reply, Verdict, classify
+from amp_lite._wire import BufferedEvent
 
 
 def event(i: int, *, user: str | None = None, device: str | None = None) -> BufferedEvent:

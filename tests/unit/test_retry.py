@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from amp_lite import report as r
-from amp_lite.deadline import Deadline
-from amp_lite.response import Reply
-from amp_lite.retry import (
+from amp_lite import _report as r
+from amp_lite._deadline import Deadline
+from amp_lite._reply import Reply
+from amp_lite._retry import (
     MIN_ATTEMPT_S,
     BaseRetryHandler,
     OfflineRetryHandler,
@@ -21,8 +21,8 @@ from amp_lite.retry import (
     RetryHandler,
     SendOutcome,
 )
-from amp_lite.sender import Sender
-from amp_lite.wire import BufferedEvent
+from amp_lite._sender import Sender
+from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 
 OK = Reply(200, {"code": 200})

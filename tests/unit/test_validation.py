@@ -13,7 +13,7 @@ import pytest
 
 from amp_lite import Amplitude, Event, Identify, InvalidEventError
 from amp_lite.testing import FakeAmplitude
-from amp_lite.validation import INVALID_IDS
+from amp_lite._validation import INVALID_IDS
 from tests.conftest import API_KEY
 
 NOW_MS = 1_700_000_000_000

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="read and count only: send nothing, delete nothing")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
+        from ._demo import run_demo
         return run_demo(sys.stdout)
     if args.command == "replay":
         return _replay(args)
@@ -44,10 +44,10 @@ def _positive(value: str) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import time
 
-    from .client import Amplitude
-    from .default import api_key_from_environment
-    from .drain import drain_queue
-    from .errors import ConfigError
+    from ._client import Amplitude
+    from ._default import api_key_from_environment
+    from ._replay_command import drain_queue
+    from ._errors import ConfigError
 
     try:
         import boto3

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .client import Amplitude
-from .deadline import Deadline
-from .overflow.message import MessageFormatError, decode_message
+from ._client import Amplitude
+from ._deadline import Deadline
+from .overflow._message import MessageFormatError, decode_message
 from .replay import ReplayRecord, ReplayResult, replay_records
 
 RECEIVE_BATCH = 10  # SQS ReceiveMessage maximum

@@ -29,9 +29,9 @@ from urllib3.exceptions import (
 )
 
 from ._version import LIBRARY
-from .config import GZIP_MIN_BYTES
-from .deadline import Deadline
-from .response import Reply
+from ._config import GZIP_MIN_BYTES
+from ._deadline import Deadline
+from ._reply import Reply
 
 logger = logging.getLogger("amp_lite")
 

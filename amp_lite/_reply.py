@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import report as r
-from .wire import BufferedEvent
+from . import _report as r
+from ._wire import BufferedEvent
 
 # Index lists in a 400 body that name invalid events (reference section 4.1).
 _INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 # Endpoints (reference/amplitude-http-api.md, section 1.1).
 SERVER_URLS: Mapping[tuple[str, bool], str] = {

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from .client import Amplitude
-from .config import ENV_API_KEY
-from .event import Identify
+from ._client import Amplitude
+from ._config import ENV_API_KEY
+from ._events import Identify
 from .overflow import LocalSpill
-from .report import DeliveryReport
+from ._report import DeliveryReport
 from .testing import FakeAmplitude, Fault
 
 COLUMNS = ("invocation", "tracked", "recovered", "delivered", "rejected", "overflowed",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..config import MAX_BATCH_REQUEST_BYTES, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
-from ..validation import INVALID_IDS
+from .._config import MAX_BATCH_REQUEST_BYTES, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
+from .._validation import INVALID_IDS
 from .tls import TlsFiles
 
 DEFAULT_MIN_ID_LENGTH = 5

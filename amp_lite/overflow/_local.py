@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..deadline import Deadline
-from ..errors import ConfigError, OverflowWriteError
-from ..wire import BufferedEvent
+from .._deadline import Deadline
+from .._errors import ConfigError, OverflowWriteError
+from .._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
 

@@ -19,10 +19,10 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
-from .client import Amplitude, Invocation
-from .config import _positive_seconds
-from .default import get_client
-from .errors import ConfigError
+from ._client import Amplitude, Invocation
+from ._config import _positive_seconds
+from ._default import get_client
+from ._errors import ConfigError
 
 logger = logging.getLogger("amp_lite")
 

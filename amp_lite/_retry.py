@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-from . import report as r
-from .deadline import Deadline
-from .response import Verdict, classify
-from .sender import Sender
-from .wire import BufferedEvent
+from . import _report as r
+from ._deadline import Deadline
+from ._reply import Verdict, classify
+from ._sender import Sender
+from ._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
 

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .client import Amplitude
-from .config import ENV_API_KEY
-from .errors import ConfigError
-from .event import Event, Identify, Revenue
-from .report import DeliveryReport
+from ._client import Amplitude
+from ._config import ENV_API_KEY
+from ._errors import ConfigError
+from ._events import Event, Identify, Revenue
+from ._report import DeliveryReport
 
 ENV_API_KEY_SECRET = "AMPLITUDE_API_KEY_SECRET"
 ENV_API_KEY_PARAMETER = "AMPLITUDE_API_KEY_PARAMETER"

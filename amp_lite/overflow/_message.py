@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._version import LIBRARY
-from ..errors import brief
-from ..wire import BufferedEvent
+from .._errors import brief
+from .._wire import BufferedEvent
 
 FORMAT_VERSION = 1
 MAX_MESSAGE_BYTES = 1_048_576  # SQS: body + every attribute's name, type and value

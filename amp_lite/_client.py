@@ -16,9 +16,9 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from . import report as r
-from .buffer import EventBuffer
-from .config import (
+from . import _report as r
+from ._scope import EventBuffer
+from ._config import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_BUFFERED_EVENTS,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -30,9 +30,9 @@ from .config import (
     _positive_seconds,
     resolve_config,
 )
-from .deadline import Deadline
-from .errors import ConfigError, InvalidEventError, OverflowWriteError, brief
-from .event import (
+from ._deadline import Deadline
+from ._errors import ConfigError, InvalidEventError, OverflowWriteError, brief
+from ._events import (
     GROUP_IDENTIFY_EVENT,
     IDENTIFY_EVENT,
     OP_SET,
@@ -42,11 +42,11 @@ from .event import (
     Revenue,
 )
 from .overflow import LocalSpill, OverflowSink, RecoverableSink, SpillClaim
-from .report import DeliveryReport, Tally
-from .retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
-from .sender import Sender, Transport
-from .validation import EventEncoder
-from .wire import BufferedEvent
+from ._report import DeliveryReport, Tally
+from ._retry import BaseRetryHandler, Retry, RetryHandler, SendOutcome
+from ._sender import Sender, Transport
+from ._validation import EventEncoder
+from ._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
 
@@ -409,7 +409,7 @@ class Amplitude:
         api_key = self._api_key()
         with self._transport_lock:
             if self._transport is None:
-                from .transport import HttpTransport  # urllib3 loads on the first send
+                from ._http import HttpTransport  # urllib3 loads on the first send
                 self._transport = HttpTransport(self.config.server_url, gzip=self.config.gzip,
                                                 ca_certs=self.config.ca_certs)
             transport = self._transport
@@ -503,7 +503,7 @@ def default_sinks(api_key: str, server_url: str) -> tuple[OverflowSink, ...]:
     queue_url = os.environ.get(ENV_QUEUE_URL)
     if not queue_url:
         return (spill,)
-    from .overflow.sqs import SQSOverflow  # the SQS code loads only where it is configured
+    from .overflow._sqs import SQSOverflow  # the SQS code loads only where it is configured
 
     return (SQSOverflow(queue_url), spill)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from .report import Tally
-from .wire import BufferedEvent
+from ._report import Tally
+from ._wire import BufferedEvent
 
 
 class EventBuffer:

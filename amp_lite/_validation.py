@@ -23,10 +23,10 @@ from decimal import Decimal
 from typing import Any
 
 from ._version import LIBRARY
-from .config import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH, ClientConfig
-from .errors import InvalidEventError, brief
-from .event import GROUP_IDENTIFY_EVENT
-from .wire import BufferedEvent, request_overhead
+from ._config import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH, ClientConfig
+from ._errors import InvalidEventError, brief
+from ._events import GROUP_IDENTIFY_EVENT
+from ._wire import BufferedEvent, request_overhead
 
 logger = logging.getLogger("amp_lite")
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .wire import BufferedEvent
+    from ._wire import BufferedEvent
 
 
 _BRIEF = reprlib.Repr()

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .deadline import Deadline
-from .response import Reply
-from .wire import BufferedEvent, encode_request, request_overhead, split_batches
+from ._deadline import Deadline
+from ._reply import Reply
+from ._wire import BufferedEvent, encode_request, request_overhead, split_batches
 
 
 class Transport(Protocol):

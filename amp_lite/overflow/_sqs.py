@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..deadline import Deadline
-from ..errors import ConfigError, OverflowWriteError
-from ..wire import BufferedEvent
-from .message import OverflowMessage, fits_in_a_message, pack_batches, pack_messages
+from .._deadline import Deadline
+from .._errors import ConfigError, OverflowWriteError
+from .._wire import BufferedEvent
+from ._message import OverflowMessage, fits_in_a_message, pack_batches, pack_messages
 
 logger = logging.getLogger("amp_lite")
 
