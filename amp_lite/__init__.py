@@ -6,13 +6,18 @@
     def handler(event, context):
         amp_lite.track("Signed Up", user_id=event["user_id"])
         return {"statusCode": 200}
+
+The public modules are this one, `aws_lambda`, `gcp`, `replay`, `overflow` and `testing`
+(with `testing.tls`); every other module's name starts with an underscore and may change.
 """
 
-from . import gcp
-from ._logging import configure_logger
-from ._version import __version__
-from ._client import Amplitude, Invocation
-from ._config import IngestionMetadata, Plan
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ._client import Amplitude, Middleware
+from ._config import ClientConfig, ClientOptions, IngestionMetadata, Plan
 from ._deadline import Deadline
 from ._decorator import amplitude_flush
 from ._default import (
@@ -25,19 +30,39 @@ from ._default import (
     set_group,
     track,
 )
-from ._errors import AmpLiteError, ConfigError, InvalidEventError, OverflowWriteError, TransportError
+from ._errors import AmpLiteError, ConfigError, InvalidEventError, OverflowWriteError
 from ._events import Event, Identify, Revenue
+from ._logging import configure_logger
+from ._reply import Reply
 from ._report import DeliveryReport
 from ._retry import BaseRetryHandler, OfflineRetryHandler, Retry, RetryHandler, SendOutcome
+from ._scope import Invocation
+from ._sender import Sender
+from ._transport import Transport
+from ._version import __version__
 from ._wire import BufferedEvent
+from .overflow import OverflowSink
 
 configure_logger()
+
+_PLATFORM_MODULES = frozenset({"aws_lambda", "gcp", "replay"})
+
+
+def __getattr__(name: str) -> ModuleType:
+    # `amp_lite.gcp.http` after a plain `import amp_lite`, without loading every platform's
+    # module at import (a cold start pays for each).
+    if name in _PLATFORM_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AmpLiteError",
     "Amplitude",
     "BaseRetryHandler",
     "BufferedEvent",
+    "ClientConfig",
+    "ClientOptions",
     "ConfigError",
     "Deadline",
     "DeliveryReport",
@@ -46,18 +71,21 @@ __all__ = [
     "IngestionMetadata",
     "InvalidEventError",
     "Invocation",
+    "Middleware",
     "OfflineRetryHandler",
+    "OverflowSink",
     "OverflowWriteError",
     "Plan",
+    "Reply",
     "Retry",
     "RetryHandler",
     "Revenue",
     "SendOutcome",
-    "TransportError",
+    "Sender",
+    "Transport",
     "__version__",
     "amplitude_flush",
     "flush",
-    "gcp",
     "get_client",
     "group_identify",
     "identify",

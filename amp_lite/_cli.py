@@ -45,9 +45,9 @@ def _replay(args: argparse.Namespace) -> int:
     import time
 
     from ._client import Amplitude
-    from ._default import api_key_from_environment
-    from ._replay_command import drain_queue
     from ._errors import ConfigError
+    from ._key_sources import api_key_from_environment
+    from ._replay_command import replay_queue
 
     try:
         import boto3
@@ -56,7 +56,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     try:
-        summary = drain_queue(
+        summary = replay_queue(
             args.queue_url, sqs=boto3.client("sqs"),
             client_factory=lambda: Amplitude(api_key=api_key_from_environment(), overflow=()),
             max_messages=args.max_messages, dry_run=args.dry_run, progress=sys.stderr)

@@ -1,38 +1,28 @@
-"""Client configuration: named limits, defaults, and resolution from arguments and environment.
+"""Client options: each declared once, as a `ClientConfig` field with its default, rule and
+environment variable; `ClientConfig.resolve` merges arguments, environment and defaults.
 
 An explicit argument always wins over an environment variable, which wins over the default.
+Adding an option: a field below (with `option(...)`), its key in `ClientOptions` (the typed
+keywords of `Amplitude()`; a test keeps the two in step) and its row in the README table.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
+from ._checks import positive_int, positive_seconds, seconds_from_env
 from ._errors import ConfigError
-
-# Endpoints (reference/amplitude-http-api.md, section 1.1).
-SERVER_URLS: Mapping[tuple[str, bool], str] = {
-    ("US", False): "https://api2.amplitude.com/2/httpapi",
-    ("US", True): "https://api2.amplitude.com/batch",
-    ("EU", False): "https://api.eu.amplitude.com/2/httpapi",
-    ("EU", True): "https://api.eu.amplitude.com/batch",
-}
-AMPLITUDE_HOSTS = frozenset({"api2.amplitude.com", "api.eu.amplitude.com"})
-
-# Request limits (reference section 3): "fewer than 2000 events" and "under 1 MB" for /2/httpapi;
-# the byte limit is read as 1,000,000 bytes of uncompressed JSON, the safe reading of "1 MB".
-MAX_EVENTS_PER_REQUEST = 2000
-MAX_REQUEST_BYTES = 1_000_000
-MAX_BATCH_REQUEST_BYTES = 20_000_000  # /batch: "must not exceed 20MB"
-
-# Event limits (reference section 2.3).
-MAX_STRING_LENGTH = 1024
-MAX_PROPERTY_DEPTH = 40
-DEFAULT_MIN_ID_LENGTH = 5  # server default when options.min_id_length is not sent (section 2.2)
+from ._limits import (
+    AMPLITUDE_HOSTS,
+    MAX_BATCH_REQUEST_BYTES,
+    MAX_EVENTS_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    SERVER_URLS,
+)
 
 # A scope's buffer past either cap overflows its oldest events at once, so a handler that
 # tracks without limit keeps bounded memory: about 2x the encoded bytes in Python objects,
@@ -40,7 +30,6 @@ DEFAULT_MIN_ID_LENGTH = 5  # server default when options.min_id_length is not se
 DEFAULT_MAX_BUFFERED_EVENTS = 100_000
 DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
-# Timing defaults.
 DEFAULT_FLUSH_TIMEOUT_S = 10.0  # cap on one flush; the platform deadline usually binds first
 DEFAULT_REQUEST_TIMEOUT_S = 10.0  # one HTTP attempt, clamped to the flush deadline
 GZIP_MIN_BYTES = 2048  # smaller bodies gain too little (the browser SDK uses the same threshold)
@@ -87,181 +76,90 @@ class IngestionMetadata:
         return {key: value for key, value in wire.items() if value is not None}
 
 
-@dataclass(frozen=True, kw_only=True)
-class ClientConfig:
-    """Everything a client needs to know, resolved and validated. Immutable."""
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of `Amplitude()`; the README's configuration table says more."""
 
-    api_key: str | None = field(default=None, repr=False)
-    # Called once, at the first flush, when the key is not known up front (Secrets Manager, SSM).
-    api_key_provider: Callable[[], str] | None = field(default=None, repr=False, compare=False)
-    server_url: str
-    gzip: bool
-    min_id_length: int | None = None
-    flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S
-    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    ca_certs: str | None = None
-    plan: Mapping[str, str] | None = None
-    ingestion_metadata: Mapping[str, str] | None = None
-    enabled: bool = True
-    max_request_events: int = MAX_EVENTS_PER_REQUEST
-    max_request_bytes: int = MAX_REQUEST_BYTES
-    max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS
-    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
-
-    def require_api_key(self) -> str:
-        if not self.api_key:
-            raise ConfigError(
-                f"no Amplitude API key: pass api_key=... to Amplitude() or set {ENV_API_KEY}"
-            )
-        return self.api_key
+    server_zone: str  # "US" or "EU" (AMPLITUDE_SERVER_ZONE)
+    server_url: str  # an endpoint or proxy URL (AMPLITUDE_SERVER_URL); beats server_zone
+    use_batch: bool  # Amplitude's /batch endpoint instead of /2/httpapi
+    gzip: bool | None  # None: compress large bodies sent to Amplitude's own hosts
+    min_id_length: int | None
+    flush_timeout_s: float | None  # cap on one flush (AMP_LITE_FLUSH_TIMEOUT_S)
+    request_timeout_s: float  # one HTTP attempt
+    ca_certs: str | None  # a CA bundle file
+    plan: Plan | Mapping[str, str] | None
+    ingestion_metadata: IngestionMetadata | Mapping[str, str] | None
+    enabled: bool | None  # False: track() does nothing (AMP_LITE_ENABLED)
+    max_buffered_events: int
+    max_buffered_bytes: int
+    max_request_events: int  # at most 2000, Amplitude's limit
 
 
-def resolve_config(
-    *,
-    api_key: str | Callable[[], str] | None,
-    server_zone: str | None,
-    server_url: str | None,
-    use_batch: bool,
-    min_id_length: int | None,
-    flush_timeout_s: float | None,
-    request_timeout_s: float,
-    gzip: bool | None,
-    ca_certs: str | None,
-    plan: Plan | Mapping[str, str] | None,
-    ingestion_metadata: IngestionMetadata | Mapping[str, str] | None,
-    enabled: bool | None,
-    max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
-    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-    env: Mapping[str, str] | None = None,
-) -> ClientConfig:
-    """Merge arguments, environment and defaults; raise ConfigError naming the bad field."""
-    env = os.environ if env is None else env
-    provider = api_key if callable(api_key) else None
-    key = None if provider else api_key if api_key is not None else env.get(ENV_API_KEY) or None
-    if key is not None and (not isinstance(key, str) or not key.strip()):
-        raise ConfigError("api_key: must be a non-empty string (or a function returning one)")
-    zone = _resolve_zone(server_zone, env)
-    env_url = env.get(ENV_SERVER_URL) or None
-    if server_url is not None:
-        _check_url(server_url, "server_url")
-        url = server_url
-    elif env_url is not None and server_zone is None and not use_batch:
-        _check_url(env_url, ENV_SERVER_URL)  # an explicit zone or use_batch argument wins
-        url = env_url
-    else:
-        url = SERVER_URLS[(zone, bool(use_batch))]
-    host = urlsplit(url).hostname or ""
-    is_batch = urlsplit(url).path.rstrip("/").endswith("/batch")
-    return ClientConfig(
-        api_key=key,
-        api_key_provider=provider,
-        server_url=url,
-        gzip=(host in AMPLITUDE_HOSTS) if gzip is None else bool(gzip),
-        min_id_length=_check_min_id_length(min_id_length),
-        flush_timeout_s=_resolve_flush_timeout(flush_timeout_s, env),
-        request_timeout_s=_positive_seconds(request_timeout_s, "request_timeout_s"),
-        ca_certs=_check_ca_certs(ca_certs),
-        plan=_plan_to_wire(plan),
-        ingestion_metadata=_metadata_to_wire(ingestion_metadata),
-        enabled=_resolve_enabled(enabled, env),
-        max_request_bytes=MAX_BATCH_REQUEST_BYTES if is_batch else MAX_REQUEST_BYTES,
-        max_buffered_events=_positive_int(max_buffered_events, "max_buffered_events"),
-        max_buffered_bytes=_positive_int(max_buffered_bytes, "max_buffered_bytes"),
-    )
+@dataclass(frozen=True)
+class _Rule:
+    """How an option's value is read: `check(value, name)` validates and converts an argument;
+    `from_env(environ, name)` reads the variable `env`, or returns None when it is unset.
+    `optional`: an argument of None means "not given" (else None is checked, and refused)."""
+
+    check: Callable[[Any, str], Any]
+    optional: bool
+    env: str | None = None
+    from_env: Callable[[Mapping[str, str], str], Any] | None = None
 
 
-def _resolve_zone(server_zone: str | None, env: Mapping[str, str]) -> str:
-    source = "server_zone" if server_zone is not None else ENV_SERVER_ZONE
-    zone = server_zone if server_zone is not None else env.get(ENV_SERVER_ZONE) or "US"
-    if not isinstance(zone, str) or zone.upper() not in ("US", "EU"):
-        raise ConfigError(f"{source}: must be 'US' or 'EU', got {zone!r}")
-    return zone.upper()
+def option(default: Any, check: Callable[[Any, str], Any], *, optional: bool = False,
+           env: str | None = None,
+           from_env: Callable[[Mapping[str, str], str], Any] | None = None) -> Any:
+    """A ClientConfig field that is a plain option: `default` when neither given nor set."""
+    return field(default=default, metadata={"rule": _Rule(check, optional, env, from_env)})
 
 
-def _check_url(url: Any, source: str) -> None:
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}: must be an http(s) URL such as "
-                          f"{SERVER_URLS[('US', False)]!r}, got {url!r}")
+def _request_events(value: Any, name: str) -> int:
+    if positive_int(value, name) > MAX_EVENTS_PER_REQUEST:
+        raise ConfigError(f"{name}: at most {MAX_EVENTS_PER_REQUEST} (Amplitude's limit), "
+                          f"got {value!r}")
+    return int(value)
 
 
-def _check_min_id_length(value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"min_id_length: must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_seconds(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name}: must be a positive, finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def _resolve_flush_timeout(value: float | None, env: Mapping[str, str]) -> float:
-    if value is not None:
-        return _positive_seconds(value, "flush_timeout_s")
-    raw = env.get(ENV_FLUSH_TIMEOUT)
-    if not raw:
-        return DEFAULT_FLUSH_TIMEOUT_S
-    try:
-        parsed = float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{ENV_FLUSH_TIMEOUT}: must be a number of seconds, got {raw!r}") from None
-    return _positive_seconds(parsed, ENV_FLUSH_TIMEOUT)
-
-
-def _resolve_enabled(value: bool | None, env: Mapping[str, str]) -> bool:
-    if value is not None:
-        return bool(value)
-    raw = env.get(ENV_ENABLED, "").strip().lower()
-    if not raw or raw in _TRUE_WORDS:
-        return True
-    if raw in _FALSE_WORDS:
-        return False
-    raise ConfigError(f"{ENV_ENABLED}: must be true or false, got {raw!r}")
-
-
-def _check_ca_certs(path: str | None) -> str | None:
-    if path is not None and not os.path.isfile(path):
-        raise ConfigError(f"ca_certs: no CA bundle file at {path!r}")
+def _ca_bundle(path: Any, name: str) -> str:
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise ConfigError(f"{name}: no CA bundle file at {path!r}")
     return path
 
 
-def _plan_to_wire(plan: Plan | Mapping[str, str] | None) -> Mapping[str, str] | None:
-    if plan is None:
+def _boolean(value: Any, name: str) -> bool:
+    return bool(value)
+
+
+def _boolean_from_env(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
         return None
+    if raw in _TRUE_WORDS:
+        return True
+    if raw in _FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}: must be true or false, got {raw!r}")
+
+
+def _plan(plan: Any, name: str) -> Mapping[str, str]:
     if isinstance(plan, Plan):
         return plan.to_wire()
     if isinstance(plan, Mapping):
         allowed = {"branch", "source", "version", "version_id", "versionId"}
-        _check_string_mapping(plan, allowed, "plan")
+        _check_string_mapping(plan, allowed, name)
         renamed = {("versionId" if k == "version_id" else k): v for k, v in plan.items()}
         return {k: v for k, v in renamed.items() if v is not None}
-    raise ConfigError(f"plan: must be amp_lite.Plan or a mapping, got {type(plan).__name__}")
+    raise ConfigError(f"{name}: must be amp_lite.Plan or a mapping, got {type(plan).__name__}")
 
 
-def _metadata_to_wire(
-    metadata: IngestionMetadata | Mapping[str, str] | None,
-) -> Mapping[str, str] | None:
-    if metadata is None:
-        return None
+def _metadata(metadata: Any, name: str) -> Mapping[str, str]:
     if isinstance(metadata, IngestionMetadata):
         return metadata.to_wire()
     if isinstance(metadata, Mapping):
-        _check_string_mapping(metadata, {"source_name", "source_version"}, "ingestion_metadata")
+        _check_string_mapping(metadata, {"source_name", "source_version"}, name)
         return {k: v for k, v in metadata.items() if v is not None}
-    raise ConfigError("ingestion_metadata: must be amp_lite.IngestionMetadata or a mapping, "
+    raise ConfigError(f"{name}: must be amp_lite.IngestionMetadata or a mapping, "
                       f"got {type(metadata).__name__}")
 
 
@@ -271,3 +169,119 @@ def _check_string_mapping(values: Mapping[str, Any], allowed: set[str], name: st
             raise ConfigError(f"{name}.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{name}.{key}: must be a string, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Everything a client needs to know, resolved and validated. Immutable.
+
+    The first fields are derived from several options (see `resolve`); the rest are plain
+    options, each declared once here.
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    # Called once, at the first flush, when the key is not known up front (Secrets Manager, SSM).
+    api_key_provider: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    server_url: str
+    gzip: bool
+    max_request_bytes: int = MAX_REQUEST_BYTES  # 20 MB for the /batch endpoint
+
+    min_id_length: int | None = option(None, positive_int, optional=True)
+    flush_timeout_s: float = option(DEFAULT_FLUSH_TIMEOUT_S, positive_seconds, optional=True,
+                                    env=ENV_FLUSH_TIMEOUT, from_env=seconds_from_env)
+    request_timeout_s: float = option(DEFAULT_REQUEST_TIMEOUT_S, positive_seconds)
+    ca_certs: str | None = option(None, _ca_bundle, optional=True)
+    plan: Mapping[str, str] | None = option(None, _plan, optional=True)
+    ingestion_metadata: Mapping[str, str] | None = option(None, _metadata, optional=True)
+    enabled: bool = option(True, _boolean, optional=True, env=ENV_ENABLED,
+                           from_env=_boolean_from_env)
+    max_request_events: int = option(MAX_EVENTS_PER_REQUEST, _request_events)
+    max_buffered_events: int = option(DEFAULT_MAX_BUFFERED_EVENTS, positive_int)
+    max_buffered_bytes: int = option(DEFAULT_MAX_BUFFERED_BYTES, positive_int)
+
+    def require_api_key(self) -> str:
+        if not self.api_key:
+            raise ConfigError(
+                f"no Amplitude API key: pass api_key=... to Amplitude() or set {ENV_API_KEY}"
+            )
+        return self.api_key
+
+    @classmethod
+    def resolve(cls, api_key: str | Callable[[], str] | None, options: Mapping[str, Any], *,
+                env: Mapping[str, str] | None = None) -> ClientConfig:
+        """Merge arguments, environment and defaults; raise ConfigError naming the bad field
+        (TypeError for an unknown option, as for any unknown keyword)."""
+        env = os.environ if env is None else env
+        unknown = sorted(set(options) - set(ClientOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"Amplitude() got an unexpected keyword argument {unknown[0]!r}")
+        url = _server_url(options, env)
+        host = urlsplit(url).hostname or ""
+        gzip = options.get("gzip")
+        return cls(
+            **_api_key(api_key, env), server_url=url,
+            gzip=(host in AMPLITUDE_HOSTS) if gzip is None else bool(gzip),
+            max_request_bytes=(MAX_BATCH_REQUEST_BYTES if _is_batch_url(url)
+                               else MAX_REQUEST_BYTES),
+            **{f.name: _plain_option(f.metadata["rule"], options, f.name, f.default, env)
+               for f in fields(cls) if "rule" in f.metadata},
+        )
+
+
+def option_names() -> frozenset[str]:
+    """The options ClientConfig declares with `option(...)`."""
+    return frozenset(f.name for f in fields(ClientConfig) if "rule" in f.metadata)
+
+
+def _plain_option(rule: _Rule, options: Mapping[str, Any], name: str, default: Any,
+                  env: Mapping[str, str]) -> Any:
+    if name in options and not (rule.optional and options[name] is None):
+        return rule.check(options[name], name)
+    if rule.env is not None and rule.from_env is not None:
+        from_env = rule.from_env(env, rule.env)
+        if from_env is not None:
+            return rule.check(from_env, rule.env)
+    return default
+
+
+def _api_key(api_key: str | Callable[[], str] | None,
+             env: Mapping[str, str]) -> dict[str, Any]:
+    if callable(api_key):
+        return {"api_key": None, "api_key_provider": api_key}
+    key = api_key if api_key is not None else env.get(ENV_API_KEY) or None
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise ConfigError("api_key: must be a non-empty string (or a function returning one)")
+    return {"api_key": key, "api_key_provider": None}
+
+
+def _server_url(options: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """server_url, else AMPLITUDE_SERVER_URL (unless a zone or use_batch argument says
+    otherwise), else the endpoint of the zone."""
+    zone = _zone(options.get("server_zone"), env)
+    use_batch = bool(options.get("use_batch", False))
+    env_url = env.get(ENV_SERVER_URL) or None
+    if options.get("server_url") is not None:
+        return _checked_url(options["server_url"], "server_url")
+    if env_url is not None and options.get("server_zone") is None and not use_batch:
+        return _checked_url(env_url, ENV_SERVER_URL)
+    return SERVER_URLS[(zone, use_batch)]
+
+
+def _zone(server_zone: Any, env: Mapping[str, str]) -> str:
+    source = "server_zone" if server_zone is not None else ENV_SERVER_ZONE
+    zone = server_zone if server_zone is not None else env.get(ENV_SERVER_ZONE) or "US"
+    if not isinstance(zone, str) or zone.upper() not in ("US", "EU"):
+        raise ConfigError(f"{source}: must be 'US' or 'EU', got {zone!r}")
+    return zone.upper()
+
+
+def _checked_url(url: Any, source: str) -> str:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}: must be an http(s) URL such as "
+                          f"{SERVER_URLS[('US', False)]!r}, got {url!r}")
+    return str(url)
+
+
+def _is_batch_url(url: str) -> bool:
+    return urlsplit(url).path.rstrip("/").endswith("/batch")

@@ -15,8 +15,8 @@ from typing import TextIO
 from ._client import Amplitude
 from ._config import ENV_API_KEY
 from ._events import Identify
-from .overflow import LocalSpill
 from ._report import DeliveryReport
+from .overflow import LocalSpill
 from .testing import FakeAmplitude, Fault
 
 COLUMNS = ("invocation", "tracked", "recovered", "delivered", "rejected", "overflowed",

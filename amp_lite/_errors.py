@@ -35,14 +35,6 @@ class InvalidEventError(AmpLiteError, ValueError):
     """An event was refused by `track()`: the message names the field and the rule it broke."""
 
 
-class TransportError(AmpLiteError):
-    """A request to Amplitude did not produce a usable reply (timeout, connection, bad body)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 class OverflowWriteError(AmpLiteError):
     """An overflow sink could not take (some of) the events it was given.
 

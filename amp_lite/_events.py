@@ -184,3 +184,20 @@ class Revenue:
             "$receiptSig": self.receipt_sig, "$revenue": self.revenue, "$currency": self.currency,
         })
         return {key: value for key, value in props.items() if value is not None}
+
+
+def check_identify(identify: Any, method: str) -> None:
+    if not isinstance(identify, Identify):
+        raise InvalidEventError(f"{method}: identify must be amp_lite.Identify, "
+                                f"got {type(identify).__name__}")
+    if identify.is_empty():
+        raise InvalidEventError(f"{method}: the Identify has no operations")
+
+
+def check_group(group_type: Any, group_name: Any) -> None:
+    if not isinstance(group_type, str) or not group_type:
+        raise InvalidEventError(f"group_type: must be a non-empty string, got {brief(group_type)}")
+    names = group_name if isinstance(group_name, list) else [group_name]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise InvalidEventError("group_name: must be a non-empty string or a list of them, "
+                                f"got {brief(group_name)}")

@@ -28,10 +28,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from ._version import LIBRARY
 from ._config import GZIP_MIN_BYTES
 from ._deadline import Deadline
 from ._reply import Reply
+from ._version import LIBRARY
 
 logger = logging.getLogger("amp_lite")
 
@@ -200,10 +200,8 @@ def _read_reply(response: Any, deadline: Deadline) -> Reply:
     except (HTTPError, OSError) as exc:
         return _discard(response, f"protocol:{type(exc).__name__}")
     response.release_conn()
-    body = _json_object(bytes(data))
-    code = body.get("code") if body is not None else None
-    status = code if isinstance(code, int) and not isinstance(code, bool) else response.status
-    return Reply(status, body, retry_after_s=_retry_after(response.headers.get("Retry-After")))
+    return Reply(response.status, _json_object(bytes(data)),
+                 retry_after_s=_retry_after(response.headers.get("Retry-After")))
 
 
 def _discard(response: Any, error: str) -> Reply:

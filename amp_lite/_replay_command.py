@@ -1,4 +1,4 @@
-"""`amp-lite replay`: drain an overflow queue (or its dead-letter queue) from a workstation.
+"""`amp-lite replay`: replay an overflow queue (or its dead-letter queue) from a workstation.
 
 Receives messages in batches of up to 10, replays them with `replay_records`, deletes the ones
 that settled and leaves the others to come back after the visibility timeout. `--dry-run`
@@ -21,7 +21,7 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 120  # messages being replayed stay hidden this l
 
 
 @dataclass
-class DrainSummary:
+class QueueReplaySummary:
     received: int = 0
     replayed: int = 0  # settled and deleted
     left: int = 0  # failed: back on the queue after the visibility timeout
@@ -39,10 +39,10 @@ class DrainSummary:
                 f"{self.unsettled} not delivered")
 
 
-def drain_queue(queue_url: str, *, sqs: Any, client_factory: Callable[[], Amplitude],
+def replay_queue(queue_url: str, *, sqs: Any, client_factory: Callable[[], Amplitude],
                 max_messages: int | None, dry_run: bool, progress: TextIO,
-                visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> DrainSummary:
-    summary = DrainSummary()
+                visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> QueueReplaySummary:
+    summary = QueueReplaySummary()
     handles: list[str] = []
     client = None if dry_run else client_factory()
     if client is not None:  # fail fast on a missing key, before any message is hidden
@@ -73,7 +73,7 @@ def drain_queue(queue_url: str, *, sqs: Any, client_factory: Callable[[], Amplit
     return summary
 
 
-def _count(messages: list[dict[str, Any]], summary: DrainSummary) -> None:
+def _count(messages: list[dict[str, Any]], summary: QueueReplaySummary) -> None:
     for message in messages:
         try:
             decoded = decode_message(message["Body"])
@@ -85,7 +85,7 @@ def _count(messages: list[dict[str, Any]], summary: DrainSummary) -> None:
 
 
 def _replay(queue_url: str, sqs: Any, client: Amplitude, messages: list[dict[str, Any]],
-            summary: DrainSummary, visibility_timeout_s: int) -> None:
+            summary: QueueReplaySummary, visibility_timeout_s: int) -> None:
     records = [ReplayRecord(m["MessageId"], m["Body"]) for m in messages]
     # Settle well within the visibility timeout, so no message reappears while in flight.
     result: ReplayResult = replay_records(records, client,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _report as r
+from ._checks import is_int
 from ._wire import BufferedEvent
 
 # Index lists in a 400 body that name invalid events (reference section 4.1).
@@ -20,12 +21,26 @@ _INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields
 
 @dataclass(frozen=True)
 class Reply:
-    """One HTTP exchange. `error` is set when no usable reply came back."""
+    """What one request to Amplitude came back with. `error` is set when no usable reply came
+    back (then there is no status): a `Transport` returns this instead of raising."""
 
-    status: int | None  # the body's "code" when it is an int, else the HTTP status
-    body: Mapping[str, Any] | None = None
-    error: str | None = None  # timeout, connection, protocol, bad_response
+    http_status: int | None
+    body: Mapping[str, Any] | None = None  # the JSON object of the reply, when it was one
+    error: str | None = None  # timeout, tls, connection, connection_dropped, protocol:...
     retry_after_s: float | None = None
+
+    @property
+    def code(self) -> int | None:
+        """The body's own `code` field, when it is an integer."""
+        code = self.body.get("code") if self.body is not None else None
+        return code if is_int(code) else None
+
+    @property
+    def status(self) -> int | None:
+        """The status the reply is judged by: the body's `code` when it has one (a proxy may
+        answer 200 around Amplitude's 400), else the HTTP status."""
+        code = self.code
+        return self.http_status if code is None else code
 
 
 @dataclass
@@ -97,10 +112,10 @@ def _indices(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> set[int
 
 
 def _int_list(value: Any) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         return [value]  # HTTP V2 docs describe "the index of the first event"
     if isinstance(value, list):
-        return [i for i in value if isinstance(i, int) and not isinstance(i, bool)]
+        return [i for i in value if is_int(i)]
     return []
 
 

@@ -95,6 +95,12 @@ class Tally:
     attempts: int = 0
     deadline_hit: bool = False
 
+    @property
+    def settled(self) -> int:
+        """Events whose fate is decided: delivered, rejected, overflowed or dropped."""
+        return (self.delivered + sum(self.rejected.values()) + sum(self.overflowed.values())
+                + sum(self.dropped.values()))
+
     def merge(self, other: Tally) -> None:
         self.tracked += other.tracked
         self.recovered += other.recovered

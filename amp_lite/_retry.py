@@ -47,6 +47,12 @@ class SendOutcome:
     unsettled: dict[str, list[BufferedEvent]] = field(default_factory=dict)
     attempts: int = 0
 
+    @property
+    def settled(self) -> int:
+        """Events in any list: each event given to the strategy must be in exactly one."""
+        return (len(self.delivered) + sum(map(len, self.rejected.values()))
+                + sum(map(len, self.unsettled.values())))
+
     def settle(self, verdict: Verdict) -> None:
         self.delivered.extend(verdict.delivered)
         for reason, events in verdict.rejected.items():

@@ -1,4 +1,4 @@
-"""Event buffers and invocation scopes.
+"""Event buffers and the invocation scopes that own them.
 
 Each invocation scope has its own buffer, found through a ContextVar, so concurrent requests in
 one process (Cloud Functions gen2 serves many, in threads) each flush their own events. Events
@@ -7,11 +7,22 @@ tracked outside any scope go to the client's own buffer.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
 
-from ._report import Tally
+from . import _report as r
+from ._deadline import Deadline
+from ._report import DeliveryReport, Tally
 from ._wire import BufferedEvent
+
+logger = logging.getLogger("amp_lite")
+
+TimeLeft = Callable[[], float]  # seconds the invocation has left, read when the flush starts
+FlushBuffer = Callable[["EventBuffer", Deadline], DeliveryReport]  # must never raise
 
 
 class EventBuffer:
@@ -56,14 +67,14 @@ class EventBuffer:
             self._bytes = size
         return taken
 
-    def drain(self) -> list[BufferedEvent]:
+    def take_all(self) -> list[BufferedEvent]:
         """Take every event out, atomically."""
         with self._lock:
             events, self._events, self._bytes = self._events, [], 0
         return events
 
     def put_back(self, events: Sequence[BufferedEvent]) -> None:
-        """Return events taken by `drain()` ahead of any tracked since (order kept)."""
+        """Return events taken by `take_all()` ahead of any tracked since (order kept)."""
         with self._lock:
             self._events[:0] = events
             self._bytes += sum(len(e.raw) for e in events)
@@ -76,3 +87,80 @@ class EventBuffer:
         with self._lock:
             early, self._early = self._early, Tally()
         return early
+
+
+class Scopes:
+    """Which buffer `track()` appends to: the innermost open invocation scope in this context,
+    else the client's own buffer."""
+
+    def __init__(self, name: str) -> None:
+        self.outside = EventBuffer()
+        self._current: ContextVar[EventBuffer | None] = ContextVar(name, default=None)
+
+    def current(self) -> EventBuffer:
+        scope = self._current.get()
+        return self.outside if scope is None else scope
+
+    def enter(self, buffer: EventBuffer) -> Token[EventBuffer | None]:
+        return self._current.set(buffer)
+
+    def leave(self, token: Token[EventBuffer | None]) -> None:
+        with contextlib.suppress(ValueError):  # left in another context: nothing to restore
+            self._current.reset(token)
+
+
+class Invocation:
+    """A per-invocation scope (a context manager): its own buffer, flushed at exit.
+
+    The flush deadline is the smaller of `flush_timeout_s` and what is left of the invocation
+    (`time_left()`, when known) minus `margin_ms`. The flush at exit never raises: problems
+    are logged and counted in `report`. Made by `Amplitude.invocation()`.
+    """
+
+    def __init__(self, scopes: Scopes, flush_buffer: FlushBuffer, *, flush_timeout_s: float,
+                 time_left: TimeLeft | None, margin_ms: float) -> None:
+        self.buffer = EventBuffer()
+        self.report: DeliveryReport | None = None
+        self._scopes = scopes
+        self._flush_buffer = flush_buffer
+        self._flush_timeout_s = flush_timeout_s
+        self._time_left = time_left
+        self._margin_s = max(0.0, margin_ms) / 1000
+        self._token: Token[EventBuffer | None] | None = None
+
+    def __enter__(self) -> Invocation:
+        self._token = self._scopes.enter(self.buffer)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            self._scopes.leave(self._token)
+        self.report = self.flush()
+
+    def flush(self) -> DeliveryReport:
+        """Flush this scope's buffer now, within what is left of the invocation."""
+        try:
+            return self._flush_buffer(self.buffer, self.flush_deadline())
+        except Exception:
+            logger.exception("amp_lite: flush at the end of an invocation failed")
+            lost = len(self.buffer.take_all())
+            return DeliveryReport(tracked=lost, dropped=lost,
+                                  dropped_reasons={r.DROPPED_INTERNAL: lost} if lost else {})
+
+    def flush_deadline(self) -> Deadline:
+        budget = self._flush_timeout_s
+        if self._time_left is not None:
+            budget = min(budget, self._time_left() - self._margin_s)
+        return Deadline.after(max(0.0, budget))
+
+
+def time_left_from(*, timeout_s: float | None = None,
+                   remaining_time_ms: Callable[[], int] | None = None) -> TimeLeft | None:
+    """What is left of an invocation: Lambda's `remaining_time_ms()` when given, else
+    `timeout_s` counted from now; None when neither is known."""
+    if remaining_time_ms is not None:
+        return lambda: remaining_time_ms() / 1000
+    if timeout_s is not None:
+        ends_at = time.monotonic() + timeout_s
+        return lambda: ends_at - time.monotonic()
+    return None

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ._deadline import Deadline
 from ._reply import Reply
+from ._transport import Transport
 from ._wire import BufferedEvent, encode_request, request_overhead, split_batches
-
-
-class Transport(Protocol):
-    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class Sender:
+    """What a retry strategy sends with: `batches()` cuts events into requests, `send()` posts
+    one (the API key never appears in its repr)."""
+
     transport: Transport
     api_key: str = field(repr=False)
     min_id_length: int | None

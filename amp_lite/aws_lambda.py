@@ -1,29 +1,48 @@
-"""AWS Lambda integration: the decorator, and the wrapper handler for zero-code installs.
+"""AWS Lambda: how long a call may flush, and the wrapper handler for zero-code installs.
+
+A Lambda call is `(event, context)`: `context.get_remaining_time_in_millis()` says how long the
+invocation has left, and the flush ends `margin_ms` before that.
 
 Zero-code (through the layer): set the function's handler to `amp_lite.aws_lambda.handler` and
 `AMP_LITE_HANDLER=module.function` (or `path/to/module.function`). The wrapper resolves your
 handler once, when the runtime loads it during the init phase — a wrong value fails the init
-with a message naming the variable — and runs it under `@amplitude_flush`.
+with a message naming the variable — and runs it with its events flushed at exit.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from ._decorator import DEFAULT_MARGIN_MS, amplitude_flush
 from ._errors import ConfigError
+from ._scope import TimeLeft
+from ._wrap import DEFAULT_MARGIN_MS, wrap_handler
+
+logger = logging.getLogger("amp_lite")
 
 ENV_HANDLER = "AMP_LITE_HANDLER"
 
 
-class LambdaContext(Protocol):
-    """The part of Lambda's context object amp_lite uses (no Powertools import needed)."""
+def context_time_left(context: Any) -> TimeLeft | None:
+    """Seconds the invocation has left, read from its Lambda context (None: no such method)."""
+    method = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(method):
+        return None
+    return lambda: float(method()) / 1000
 
-    def get_remaining_time_in_millis(self) -> int: ...
+
+def call_time_left(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:
+    """How long an `(event, context)` call may flush: what its context says is left."""
+    context = args[1] if len(args) >= 2 else kwargs.get("context")
+    time_left = context_time_left(context)
+    if time_left is None:
+        logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
+                     "bounded by flush_timeout_s only")
+    return time_left
 
 
 def resolve_handler(value: str | None) -> Callable[..., Any]:
@@ -51,7 +70,8 @@ def resolve_handler(value: str | None) -> Callable[..., Any]:
 
 @functools.cache
 def _wrapped_handler() -> Callable[..., Any]:
-    return amplitude_flush(resolve_handler(os.environ.get(ENV_HANDLER)))
+    return wrap_handler(resolve_handler(os.environ.get(ENV_HANDLER)), client=None,
+                        budget=call_time_left, margin_ms=DEFAULT_MARGIN_MS, flush_timeout_s=None)
 
 
 def __getattr__(name: str) -> Any:
@@ -62,5 +82,4 @@ def __getattr__(name: str) -> Any:
     return _wrapped_handler()
 
 
-__all__ = ["DEFAULT_MARGIN_MS", "ENV_HANDLER", "LambdaContext", "amplitude_flush",
-           "resolve_handler"]
+__all__ = ["ENV_HANDLER", "call_time_left", "context_time_left", "resolve_handler"]

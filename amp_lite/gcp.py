@@ -1,11 +1,12 @@
-"""Google Cloud Functions: the flush budget, and explicit adapters for both function kinds.
+"""Google Cloud Functions: how long a call may flush, and explicit adapters for both kinds.
 
 `@amplitude_flush` already recognises a Cloud Functions call (one argument: a Flask request or
 a CloudEvent); `http` and `cloud_event` say it explicitly. Cloud Functions has no remaining-time
 API, so the budget is the function's timeout measured from the start of the request: the
 decorator's `timeout_s`, else AMP_LITE_TIMEOUT_S, else FUNCTION_TIMEOUT_SEC (1st gen) or
 CLOUD_RUN_TIMEOUT_SECONDS (2nd gen, best effort), else 60 s (Cloud Functions' default). The
-flush ends `margin_ms` before that, and never takes more than `flush_timeout_s`.
+flush ends `margin_ms` before that, and never takes more than `flush_timeout_s`. The variables
+are read once, when the handler is decorated.
 
 Gen2 serves many requests at once in one process, in threads: each request's events live in
 its own contextvars scope and are flushed by that request, before its response is returned.
@@ -14,14 +15,18 @@ This module does not import functions_framework or flask (invariant I6).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._checks import positive_seconds, seconds_from_env
 from ._client import Amplitude
-from ._config import _positive_seconds
-from ._decorator import DEFAULT_MARGIN_MS, wrap_handler
 from ._errors import ConfigError
+from ._scope import TimeLeft, time_left_from
+from ._wrap import DEFAULT_MARGIN_MS, CallBudget, check_options, wrap_handler
+
+logger = logging.getLogger("amp_lite")
 
 ENV_TIMEOUT = "AMP_LITE_TIMEOUT_S"
 PLATFORM_TIMEOUT_VARIABLES = ("FUNCTION_TIMEOUT_SEC", "CLOUD_RUN_TIMEOUT_SECONDS")
@@ -32,16 +37,38 @@ def function_timeout_s(explicit: float | None = None,
                        env: Mapping[str, str] | None = None) -> float:
     """The function's timeout, by the rules in the module docstring."""
     if explicit is not None:
-        return _positive_seconds(explicit, "timeout_s")
+        return positive_seconds(explicit, "timeout_s")
     env = os.environ if env is None else env
     for name in (ENV_TIMEOUT, *PLATFORM_TIMEOUT_VARIABLES):
-        raw = env.get(name)
-        if raw:
-            try:
-                return _positive_seconds(float(raw), name)
-            except ValueError:
-                raise ConfigError(f"{name}: must be a number of seconds, got {raw!r}") from None
+        seconds = seconds_from_env(env, name)
+        if seconds is not None:
+            return seconds
     return DEFAULT_TIMEOUT_S
+
+
+def is_cloud_functions_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """One argument (a request or a cloud_event), and no Lambda context."""
+    return len(args) + len(kwargs) == 1 and "context" not in kwargs
+
+
+def call_budget(timeout_s: float | None = None) -> CallBudget:
+    """How long a call may flush: the function's timeout, counted from the start of the call.
+    Reads the environment now; a bad value is logged once, and the flush is then bounded by
+    flush_timeout_s only (the events are still flushed)."""
+    try:
+        timeout = function_timeout_s(timeout_s)
+    except ConfigError as exc:
+        logger.error("amp_lite: %s; flushes are bounded by flush_timeout_s only", exc)
+        return _unknown_time_left
+
+    def budget(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:
+        return time_left_from(timeout_s=timeout)
+
+    return budget
+
+
+def _unknown_time_left(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:
+    return None
 
 
 def http(handler: Callable[..., Any] | None = None, /, *, client: Amplitude | None = None,
@@ -63,8 +90,12 @@ def cloud_event(handler: Callable[..., Any] | None = None, /, *, client: Amplitu
 def _adapter(handler: Callable[..., Any] | None, client: Amplitude | None, margin_ms: float,
              flush_timeout_s: float | None, timeout_s: float | None) -> Any:
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        return wrap_handler(function, client=client, margin_ms=margin_ms,
-                            flush_timeout_s=flush_timeout_s, timeout_s=timeout_s,
-                            platform="gcp")
+        check_options(margin_ms, flush_timeout_s, timeout_s)
+        return wrap_handler(function, client=client, budget=call_budget(timeout_s),
+                            margin_ms=margin_ms, flush_timeout_s=flush_timeout_s)
 
     return decorate if handler is None else decorate(handler)
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "call_budget", "cloud_event", "function_timeout_s",
+           "http", "is_cloud_functions_call"]

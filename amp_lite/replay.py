@@ -25,12 +25,13 @@ from typing import Any
 
 from ._client import Amplitude
 from ._deadline import Deadline
-from ._decorator import DEFAULT_MARGIN_MS
-from ._default import api_key_from_environment
 from ._errors import AmpLiteError
-from .overflow._message import MessageFormatError, decode_message
+from ._key_sources import api_key_from_environment
 from ._report import REQUEST_REJECTIONS
 from ._wire import BufferedEvent
+from ._wrap import DEFAULT_MARGIN_MS
+from .aws_lambda import context_time_left
+from .overflow._message import MessageFormatError, decode_message
 
 logger = logging.getLogger("amp_lite")
 
@@ -163,10 +164,10 @@ def make_handler(client: Amplitude | None = None, *,
 
 
 def _deadline(context: Any, margin_ms: float) -> Deadline:
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(remaining):
-        return Deadline.after(min(REPLAY_FLUSH_TIMEOUT_S, (remaining() - margin_ms) / 1000))
-    return Deadline.after(REPLAY_FLUSH_TIMEOUT_S)
+    time_left = context_time_left(context)
+    if time_left is None:
+        return Deadline.after(REPLAY_FLUSH_TIMEOUT_S)
+    return Deadline.after(min(REPLAY_FLUSH_TIMEOUT_S, time_left() - margin_ms / 1000))
 
 
 @functools.cache

@@ -513,7 +513,7 @@ def tracked_events(n: int) -> list[amp_lite.BufferedEvent]:
     for i in range(n):
         source.track("Replayed Event", user_id=user(i),
                      event_properties={"plan": "pro", "index": i, "path": "/home"})
-    return source._current_buffer().drain()
+    return source._scopes.current().take_all()
 
 
 def scenario_replay(env: Env, sizes: Sizes, results: Results) -> None:

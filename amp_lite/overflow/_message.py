@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._version import LIBRARY
 from .._errors import brief
+from .._version import LIBRARY
 from .._wire import BufferedEvent
 
 FORMAT_VERSION = 1

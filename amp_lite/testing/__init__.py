@@ -5,6 +5,6 @@ batch APIs, de-duplicates by insert_id, records what it accepted, and can be scr
 It serves from its own thread (it is a server); the SDK itself never starts one.
 """
 
-from ._fake_amplitude import FakeAmplitude, Fault, RequestRecord
+from ._fake_server import FakeAmplitude, Fault, RequestRecord
 
 __all__ = ["FakeAmplitude", "Fault", "RequestRecord"]

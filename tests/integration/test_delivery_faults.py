@@ -11,37 +11,21 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from amp_lite import Amplitude, BufferedEvent, Deadline, DeliveryReport, RetryHandler
-from amp_lite.overflow import LocalSpill
+from amp_lite import Amplitude, DeliveryReport, RetryHandler
 from amp_lite._retry import OfflineRetryHandler
+from amp_lite.overflow import LocalSpill
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.doubles import RecordingSink
 
 FAULT_BUDGET_S = 0.5  # flush budget for cases that are meant to run out of time
 OK_BUDGET_S = 2.0  # flush budget for cases that are meant to finish
 TOLERANCE_S = 0.5  # generous slack for deadline assertions on a loaded CI machine
-
-
-@dataclass
-class RecordingSink:
-    """An overflow sink that remembers what it was given, by reason."""
-
-    name: str = "recording"
-    reserve_s: float = 0.05
-    writes: list[tuple[str, list[str]]] = field(default_factory=list)
-
-    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
-        self.writes.append((reason, [e.insert_id for e in events]))
-
-    def ids(self, reason: str) -> list[str]:
-        return [i for r, ids in self.writes if r == reason for i in ids]
 
 
 @pytest.fixture

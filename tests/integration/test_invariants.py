@@ -142,7 +142,7 @@ def test_i6_import_loads_no_cloud_or_web_framework() -> None:
 def test_i7_key_absent_from_reprs(fake: FakeAmplitude, tmp_path: Path) -> None:
     # GIVEN a client with a key, and the objects it builds around it
     client = make_client(fake.url, LocalSpill(tmp_path / "spill"))
-    sender = client._sender()
+    sender = client._route.sender()
     retry = RetryHandler().bind(sender)
     track_users(client, 1)
     report = client.flush()

@@ -16,9 +16,9 @@ import pytest
 
 from amp_lite import Amplitude
 from amp_lite._deadline import Deadline
+from amp_lite._retry import RetryHandler
 from amp_lite.overflow._sqs import SQSOverflow
 from amp_lite.replay import make_handler
-from amp_lite._retry import RetryHandler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 from tests.support.sqs_events import (

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from amp_lite._deadline import Deadline
+from amp_lite._wire import BufferedEvent
 from amp_lite.overflow._sqs import SQSOverflow
 from amp_lite.testing import FakeAmplitude
-from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 from tests.support.lambda_runtime import REPO_ROOT
 from tests.support.sqs_events import (

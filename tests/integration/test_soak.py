@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from amp_lite import Amplitude, DeliveryReport, RetryHandler
+from amp_lite._http import POOL_MAXSIZE
 from amp_lite.overflow import LocalSpill
 from amp_lite.testing import FakeAmplitude, Fault
-from amp_lite._http import POOL_MAXSIZE
 from tests.conftest import API_KEY
 
 SEED = 20_260_508

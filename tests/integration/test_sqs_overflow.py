@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from amp_lite import Amplitude, Deadline, OfflineRetryHandler, OverflowWriteError
-from amp_lite._client import default_sinks
+from amp_lite._wire import BufferedEvent
 from amp_lite.overflow import LocalSpill, SQSOverflow
+from amp_lite.overflow._defaults import default_sinks
 from amp_lite.overflow._message import decode_message
 from amp_lite.testing import FakeAmplitude, Fault
-from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
 
 FLUSH_TIMEOUT_S = 1.0

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from amp_lite.overflow._message import pack_messages
 from amp_lite._wire import BufferedEvent
+from amp_lite.overflow._message import pack_messages
 
 REGION = "us-east-1"
 ALL = ["All"]

@@ -4,47 +4,19 @@ events overflow at once from inside track(), with reason "buffer_cap" (client._o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from amp_lite import Amplitude, BufferedEvent, ConfigError, Deadline
+from amp_lite import Amplitude, ConfigError
 from amp_lite.overflow import LocalSpill
 from amp_lite.testing import FakeAmplitude
 from tests.conftest import API_KEY
+from tests.support.doubles import RecordingSink
 
 EVENT_CAP = 10
 PAD = "x" * 1000  # makes each event ~1.1 KB
-
-
-@dataclass
-class Write:
-    events: list[BufferedEvent]
-    reason: str
-    attempts: int
-    delivered_before: int  # events FakeAmplitude had accepted when the write happened
-
-
-@dataclass
-class RecordingSink:
-    """An overflow sink that keeps what it is given."""
-
-    fake: FakeAmplitude | None = None
-    name: str = "recorder"
-    reserve_s: float = 0.05
-    writes: list[Write] = field(default_factory=list)
-
-    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
-        delivered = len(self.fake.events) if self.fake is not None else 0
-        self.writes.append(Write(list(events), reason, attempts, delivered))
-
-    @property
-    def insert_ids(self) -> list[str]:
-        return [e.insert_id for w in self.writes for e in w.events]
 
 
 def track_padded(client: Amplitude, i: int) -> str:
@@ -57,7 +29,7 @@ def track_padded(client: Amplitude, i: int) -> str:
 def test_event_cap_overflows_the_oldest_excess_early_and_the_report_counts_everything(
         fake: FakeAmplitude) -> None:
     # GIVEN a client whose buffer holds at most 10 events, overflowing to a recording sink
-    sink = RecordingSink(fake)
+    sink = RecordingSink("recorder", fake=fake)
     client = Amplitude(API_KEY, server_url=fake.url, overflow=sink,
                        max_buffered_events=EVENT_CAP, flush_timeout_s=5.0)
 
@@ -92,7 +64,7 @@ def test_event_cap_overflows_the_oldest_excess_early_and_the_report_counts_every
 
 def test_byte_cap_overflows_the_oldest_excess_early(fake: FakeAmplitude) -> None:
     # GIVEN a client whose buffer holds at most 10,000 bytes (about 9 padded events)
-    sink = RecordingSink(fake)
+    sink = RecordingSink("recorder", fake=fake)
     cap = 10_000
     client = Amplitude(API_KEY, server_url=fake.url, overflow=sink, max_buffered_bytes=cap,
                        flush_timeout_s=5.0)
@@ -149,7 +121,7 @@ def test_event_cap_with_local_spill_writes_early_and_balances(
 def test_without_api_key_the_excess_is_dropped_as_config_error_and_counted(
         fake: FakeAmplitude, caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a client with no API key anywhere and an event cap of 10
-    sink = RecordingSink(fake)
+    sink = RecordingSink("recorder", fake=fake)
     client = Amplitude(server_url=fake.url, overflow=sink, max_buffered_events=EVENT_CAP)
 
     # WHEN 25 events are tracked inside an invocation
@@ -183,7 +155,7 @@ def test_invalid_cap_values_raise_config_error_naming_the_argument(
 
 def test_event_cap_applies_to_the_client_buffer_outside_any_scope(fake: FakeAmplitude) -> None:
     # GIVEN a capped client used outside any invocation scope
-    sink = RecordingSink(fake)
+    sink = RecordingSink("recorder", fake=fake)
     client = Amplitude(API_KEY, server_url=fake.url, overflow=sink,
                        max_buffered_events=EVENT_CAP, flush_timeout_s=5.0)
 

@@ -24,10 +24,12 @@ from amp_lite import (
     Revenue,
     SendOutcome,
 )
-from amp_lite._client import RECOVERY_MIN_BUDGET_S, default_spill
+from amp_lite._delivery import RECOVERY_MIN_BUDGET_S
 from amp_lite.overflow import LocalSpill
+from amp_lite.overflow._defaults import default_spill
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.doubles import RecordingSink
 
 GENEROUS_S = 1.0  # wall-clock tolerance for "does not hang" (>= 250 ms, per the test standards)
 
@@ -62,18 +64,6 @@ def assert_balanced(report: DeliveryReport | None) -> DeliveryReport:
     assert report is not None
     assert report.balanced, report.summary()
     return report
-
-
-class RecordingSink:
-    reserve_s = 0.01
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.written: list[tuple[list[str], str]] = []
-
-    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
-        self.written.append(([e.insert_id for e in events], reason))
 
 
 class FailingSink:
@@ -482,7 +472,7 @@ def test_recovered_and_tracked_events_balance_over_several_spill_files(
 def test_failing_sink_falls_through_to_the_next(fake: FakeAmplitude, clean_env: Path) -> None:
     # GIVEN a failing sink ahead of a working one, and no time left to send
     bad = FailingSink("bad", OverflowWriteError("disk full"))
-    good = RecordingSink("good")
+    good = RecordingSink("good", reserve_s=0.01, by_write=True)
     client = make_client(fake, overflow=[bad, good])
 
     # WHEN the scope exits

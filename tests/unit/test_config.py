@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from amp_lite import Amplitude, ConfigError, IngestionMetadata, Plan
-from amp_lite._config import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES
+from amp_lite._limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES
 from amp_lite.testing import FakeAmplitude
 from tests.conftest import API_KEY
 

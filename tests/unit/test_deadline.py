@@ -7,19 +7,7 @@ import time
 import pytest
 
 from amp_lite._deadline import Deadline
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.doubles import FakeClock
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -35,12 +34,12 @@ from hypothesis.errors import InvalidArgument
 
 from amp_lite import Amplitude, Identify, InvalidEventError, RetryHandler, Revenue
 from amp_lite._deadline import Deadline
-from amp_lite.replay import ReplayRecord, make_handler, replay_records
-from amp_lite.testing import FakeAmplitude, Fault
 from amp_lite._http import MAX_RESPONSE_BYTES
 from amp_lite._validation import KNOWN_FIELDS
-from amp_lite._wire import BufferedEvent
+from amp_lite.replay import ReplayRecord, make_handler, replay_records
+from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.doubles import RecordingSink
 from tests.support.raw_server import RawServer
 
 FLUSH_BUDGET_S = 5.0  # generous: a healthy local flush takes a few milliseconds
@@ -437,17 +436,6 @@ def test_signaling_nan_decimal_is_refused_with_invalid_event_error(
 
 
 # -- hostile replies -----------------------------------------------------------------------------
-
-
-@dataclass
-class RecordingSink:
-    name: str = "recording"
-    reserve_s: float = 0.05
-    written: list[tuple[str, str]] = field(default_factory=list)  # (insert_id, reason)
-
-    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
-        self.written += [(e.insert_id, reason) for e in events]
 
 
 def flush_against(url: str, *, budget_s: float = FAULT_BUDGET_S,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amp_lite import BufferedEvent, ConfigError, Deadline, OverflowWriteError
-from amp_lite._client import default_spill
+from amp_lite.overflow._defaults import default_spill
 from amp_lite.overflow._local import (
     CLAIM_MARK,
     SPILL_SUFFIX,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from amp_lite import BufferedEvent
-from amp_lite._client import Amplitude
+from amp_lite import Amplitude, BufferedEvent
+from amp_lite._encoder import EventEncoder
 from amp_lite.overflow._message import (
     MessageFormatError,
     OverflowMessage,
@@ -23,7 +23,6 @@ from amp_lite.overflow._message import (
     pack_batches,
     pack_messages,
 )
-from amp_lite._validation import EventEncoder
 from tests.conftest import API_KEY
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576

@@ -7,22 +7,21 @@ import json
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from amp_lite import Amplitude
-from amp_lite._scope import EventBuffer
 from amp_lite._deadline import Deadline
 from amp_lite._reply import Reply
 from amp_lite._retry import MIN_ATTEMPT_S, RetryHandler
+from amp_lite._scope import EventBuffer
 from amp_lite._sender import Sender
-from amp_lite.testing import FakeAmplitude, Fault
 from amp_lite._wire import BufferedEvent
+from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.doubles import FakeClock, RecordingSink, ScriptedTransport, Step
 from tests.support.raw_server import RawServer
 
 USERS = ("user-a", "user-b", "user-c")
@@ -30,53 +29,7 @@ DEVICES = ("device-a", "device-b", "device-c")
 FLOAT_SLACK_S = 1e-9
 
 
-# -- fake clock, scripted transport, recording sink -----------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
-
-
-@dataclass
-class Step:
-    """One scripted exchange: the reply and how long the server takes to give it."""
-
-    reply: Reply
-    duration_s: float
-
-
-@dataclass
-class ScriptedTransport:
-    """Answers from `steps` (then 200s). It honours timeout_s like a socket would: a request
-    allowed less time than the server takes returns a timeout when the allowed time is up."""
-
-    clock: FakeClock
-    steps: list[Step]
-    default_duration_s: float = 0.01
-    started_with_s: list[float] = field(default_factory=list)  # time left at each request
-    accepted: list[str] = field(default_factory=list)  # insert_ids answered 2xx with a body
-
-    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
-        self.started_with_s.append(deadline.remaining_s())
-        step = self.steps.pop(0) if self.steps else Step(Reply(200, {"code": 200}),
-                                                          self.default_duration_s)
-        allowed = deadline.clamp(timeout_s)
-        if step.duration_s > allowed:
-            self.clock.advance(allowed)
-            return Reply(None, error="timeout")
-        self.clock.advance(step.duration_s)
-        reply = step.reply
-        if reply.status is not None and 200 <= reply.status < 300 and reply.body is not None:
-            self.accepted += [e["insert_id"] for e in json.loads(body)["events"]]
-        return reply
+# -- fake sleep (the clock, transport and sink are in tests.support.doubles) --------------------
 
 
 @dataclass
@@ -85,26 +38,6 @@ class FakeSleep:
 
     def __call__(self, seconds: float) -> None:
         self.clock.advance(seconds)
-
-
-@dataclass
-class RecordingSink:
-    """An overflow sink that keeps what it is given (and when, on the fake clock if any)."""
-
-    clock: Any = time.monotonic
-    name: str = "recording"
-    reserve_s: float = 0.05
-    written: list[tuple[str, str]] = field(default_factory=list)  # (insert_id, reason)
-    written_at: list[float] = field(default_factory=list)
-
-    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
-        self.written_at.append(self.clock())
-        self.written += [(e.insert_id, reason) for e in events]
-
-    @property
-    def insert_ids(self) -> list[str]:
-        return [insert_id for insert_id, _ in self.written]
 
 
 def make_event(i: int) -> BufferedEvent:
@@ -198,7 +131,7 @@ def test_client_flush_report_is_balanced_and_bounded(
     transport = ScriptedTransport(clock, list(script))
     sink = RecordingSink(clock=clock)
     client = Amplitude(API_KEY, transport=transport, overflow=sink,
-                       retry=RetryHandler(sleep=FakeSleep(clock)))
+                       retry=RetryHandler(sleep=FakeSleep(clock)), max_request_events=max_events)
     buffer = EventBuffer()
     events = [make_event(i) for i in range(count)]
     for buffered in events:
@@ -206,8 +139,7 @@ def test_client_flush_report_is_balanced_and_bounded(
     started = clock()
     deadline = Deadline.after(budget_s, clock)
     # WHEN the buffer is flushed (with max_events small enough to make several batches)
-    client.config = replace(client.config, max_request_events=max_events)
-    report = client.flush_buffer(buffer, deadline)
+    report = client._flush_buffer(buffer, deadline)
     # THEN the report balances (I2) and nothing was dropped: the sink took everything unsettled
     assert report.balanced
     assert report.tracked == count

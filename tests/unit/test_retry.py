@@ -24,54 +24,9 @@ from amp_lite._retry import (
 from amp_lite._sender import Sender
 from amp_lite._wire import BufferedEvent
 from tests.conftest import API_KEY
+from tests.support.doubles import FakeClock, ScriptedTransport
 
 OK = Reply(200, {"code": 200})
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Request:
-    insert_ids: list[str]
-    started_at: float
-    remaining_s: float  # time left on the deadline the attempt was given
-    timeout_s: float
-    body_bytes: int
-
-
-@dataclass
-class ScriptedTransport:
-    """Answers from `replies` in order (OK once exhausted); each request takes `duration_s` on
-    the fake clock, or the time it was allowed if that is less (then it times out)."""
-
-    clock: FakeClock
-    replies: list[Reply] = field(default_factory=list)
-    duration_s: float = 0.01
-    requests: list[Request] = field(default_factory=list)
-
-    def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
-        events = json.loads(body)["events"]
-        self.requests.append(Request([e["insert_id"] for e in events], self.clock(),
-                                     deadline.remaining_s(), timeout_s, len(body)))
-        allowed = deadline.clamp(timeout_s)
-        if self.duration_s > allowed:
-            self.clock.advance(allowed)
-            return Reply(None, error="timeout")
-        self.clock.advance(self.duration_s)
-        return self.replies.pop(0) if self.replies else OK
-
-    @property
-    def sizes(self) -> list[int]:
-        return [len(req.insert_ids) for req in self.requests]
 
 
 @dataclass
@@ -109,7 +64,7 @@ def max_jitter(low: float, high: float) -> float:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(100.0)
 
 
 @pytest.fixture

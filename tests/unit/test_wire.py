@@ -8,7 +8,7 @@ import json
 import pytest
 
 from amp_lite import BufferedEvent
-from amp_lite._config import MAX_EVENTS_PER_REQUEST
+from amp_lite._limits import MAX_EVENTS_PER_REQUEST
 from amp_lite._wire import encode_request, request_overhead, split_batches
 from tests.conftest import API_KEY
 

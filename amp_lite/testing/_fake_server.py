@@ -1,9 +1,12 @@
-"""FakeAmplitude: a faithful, scriptable local stand-in for Amplitude's ingestion API."""
+"""FakeAmplitude: a faithful, scriptable local stand-in for Amplitude's ingestion API.
+
+The HTTP server, fault scripting and connection bookkeeping live here; what Amplitude answers to
+a request is decided by the pure rules of `_fake_rules.py`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import socket
 import ssl
@@ -16,20 +19,20 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .._config import MAX_BATCH_REQUEST_BYTES, MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
-from .._validation import INVALID_IDS
+from ._fake_rules import (
+    PATHS,
+    STANDARD_BODIES,
+    Reply,
+    Request,
+    ServerState,
+    Throttle,
+    answer,
+    count_events,
+    deduplicate,
+)
 from .tls import TlsFiles
 
-DEFAULT_MIN_ID_LENGTH = 5
-GROUP_IDENTIFY = "$groupidentify"
 HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never says hello frees its thread
-
-STANDARD_BODIES: dict[int, dict[str, Any]] = {
-    403: {"code": 403, "error": "Forbidden"},
-    413: {"code": 413, "error": "Payload too large"},
-    429: {"code": 429, "error": "Too many requests for some devices and users",
-          "eps_threshold": 30},
-}
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,6 @@ class RequestRecord:
 
 
 @dataclass
-class _Throttle:
-    users: frozenset[str]
-    devices: frozenset[str]
-    daily_quota: bool
-
-
-@dataclass
 class _Connection:
     number: int
     sock: socket.socket
@@ -104,9 +100,10 @@ class _Connection:
 class FakeAmplitude:
     """A local Amplitude: `with FakeAmplitude() as fake: Amplitude(key, server_url=fake.url)`.
 
-    Validation and replies follow reference/amplitude-http-api.md: 400 with index lists for
+    Validation and replies follow Amplitude's docs (https://amplitude.com/docs/apis/analytics/http-v2,
+    https://amplitude.com/docs/apis/analytics/batch-event-upload): 400 with index lists for
     invalid events (nothing in that request is ingested), 413 over 2000 events or the byte limit,
-    429 for throttled ids, dedup on (device_id or user_id, insert_id).
+    429 for throttled ids, dedup on (device_id or user_id, insert_id). See `_fake_rules.py`.
 
     With `tls` (files from `amp_lite.testing.tls.make_tls_files`, or a server-side
     `ssl.SSLContext`) it serves HTTPS and `url` starts with https://.
@@ -125,7 +122,7 @@ class FakeAmplitude:
         self.connections_opened = 0
         self._seen: set[tuple[str, str]] = set()
         self._faults: deque[Fault] = deque()
-        self._throttles: list[_Throttle] = []
+        self._throttles: list[Throttle] = []
         self._connections: dict[int, _Connection] = {}
         self._changed = threading.Condition()
         self._stopping = threading.Event()
@@ -193,7 +190,7 @@ class FakeAmplitude:
                  daily_quota: bool = False) -> None:
         """Answer 429 to any request holding events of these ids, until `clear_throttles()`."""
         with self._changed:
-            self._throttles.append(_Throttle(frozenset(users), frozenset(devices), daily_quota))
+            self._throttles.append(Throttle(frozenset(users), frozenset(devices), daily_quota))
 
     def clear_throttles(self) -> None:
         with self._changed:
@@ -276,130 +273,22 @@ class FakeAmplitude:
             self.requests.append(record)
             self._changed.notify_all()
 
-    def _ingest(self, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, Any], int]:
-        """Validate and (when valid) accept one request: (status, reply body, event count)."""
-        if headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError):
-                return 400, {"code": 400, "error": "Invalid JSON request body"}, 0
-        if not headers.get("Content-Type", "").lower().startswith("application/json"):
-            return 400, {"code": 400, "error": "Content-Type must be application/json"}, 0
-        try:
-            request = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return 400, {"code": 400, "error": "Invalid JSON request body"}, 0
-        if not isinstance(request, dict):
-            return 400, {"code": 400, "error": "Invalid JSON request body"}, 0
-        events = request.get("events")
-        count = len(events) if isinstance(events, list) else 0
-        limit = MAX_BATCH_REQUEST_BYTES if path == "/batch" else MAX_REQUEST_BYTES
-        if count > MAX_EVENTS_PER_REQUEST or len(raw) >= limit:
-            return 413, dict(STANDARD_BODIES[413]), count
-        for required in ("api_key", "events"):
-            if not request.get(required):
-                return 400, {"code": 400, "error": "Request missing required field",
-                             "missing_field": required}, count
-        key = request["api_key"]
-        if self.api_keys is not None and key not in self.api_keys:
-            return 400, {"code": 400, "error": f"Invalid API key: {key}"}, count
-        if not isinstance(events, list):
-            return 400, {"code": 400, "error": "Invalid event JSON"}, 0
-        options = request.get("options") or {}
-        min_len = options.get("min_id_length", DEFAULT_MIN_ID_LENGTH) if isinstance(
-            options, dict) else DEFAULT_MIN_ID_LENGTH
-        problems = _validate(events, min_len)
-        if problems:
-            return 400, {"code": 400, "error": "Invalid field values on some events",
-                         **problems}, count
-        throttled = self._throttled(events)
-        if throttled:
-            return 429, throttled, count
-        self._accept(events)
-        return 200, {"code": 200, "events_ingested": count, "payload_size_bytes": len(raw),
-                     "server_upload_time": int(time.time() * 1000)}, count
-
-    def _throttled(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _answer(self, request: Request) -> Reply:
+        """Answer one request by Amplitude's rules, and keep what they say to ingest."""
         with self._changed:
-            rules = list(self._throttles)
-        if not rules:
-            return None
-        body: dict[str, Any] = dict(STANDARD_BODIES[429])
-        indices: list[int] = []
-        users: dict[str, int] = {}
-        devices: dict[str, int] = {}
-        quota_users: dict[str, int] = {}
-        quota_devices: dict[str, int] = {}
-        for i, event in enumerate(events):
-            user, device = str(event.get("user_id")), str(event.get("device_id"))
-            for rule in rules:
-                hit_user, hit_device = user in rule.users, device in rule.devices
-                if not (hit_user or hit_device):
-                    continue
-                indices.append(i)
-                if hit_user:
-                    users[user] = 31
-                    if rule.daily_quota:
-                        quota_users[user] = 500_001
-                if hit_device:
-                    devices[device] = 31
-                    if rule.daily_quota:
-                        quota_devices[device] = 500_001
-                break
-        if not indices:
-            return None
-        body.update(throttled_events=indices, throttled_users=users, throttled_devices=devices)
-        if quota_users or quota_devices:
-            body.update(exceeded_daily_quota_users=quota_users,
-                        exceeded_daily_quota_devices=quota_devices)
-        return body
+            state = ServerState(self.api_keys, tuple(self._throttles))
+        reply = answer(request, state, int(time.time() * 1000))
+        if reply.ingest:
+            self._accept(reply.ingest)
+        return reply
 
     def _accept(self, events: list[dict[str, Any]]) -> None:
-        with self._changed:
-            for event in events:
-                insert_id = event.get("insert_id")
-                if insert_id is not None:
-                    key = (str(event.get("device_id") or f"user:{event.get('user_id')}"),
-                           str(insert_id))
-                    if key in self._seen:
-                        self.duplicates += 1
-                        continue
-                    self._seen.add(key)
-                self.events.append(event)
+        with self._changed:  # under the lock: concurrent repeats must not both get in
+            fresh = deduplicate(events, self._seen)
+            self._seen |= fresh.keys
+            self.events.extend(fresh.events)
+            self.duplicates += fresh.duplicates
             self._changed.notify_all()
-
-
-def _validate(events: list[Any], min_id_length: int) -> dict[str, Any]:
-    missing: dict[str, list[int]] = {}
-    invalid: dict[str, list[int]] = {}
-    short: dict[str, list[int]] = {}
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            invalid.setdefault("event", []).append(i)
-            continue
-        if not isinstance(event.get("event_type"), str) or not event["event_type"]:
-            missing.setdefault("event_type", []).append(i)
-        ids = [f for f in ("user_id", "device_id") if event.get(f) is not None]
-        if not ids and event.get("event_type") != GROUP_IDENTIFY:
-            missing.setdefault("device_id", []).append(i)
-        if "time" in event and (isinstance(event["time"], bool)
-                                or not isinstance(event["time"], int)):
-            invalid.setdefault("time", []).append(i)
-        for f in ids:
-            value = event[f]
-            if not isinstance(value, str) or value.strip().lower() in INVALID_IDS:
-                invalid.setdefault(f, []).append(i)
-            elif len(value) < min_id_length:
-                short.setdefault(f, []).append(i)
-    problems: dict[str, Any] = {}
-    if missing:
-        problems["events_with_missing_fields"] = missing
-    if invalid:
-        problems["events_with_invalid_fields"] = invalid
-    if short:
-        problems["events_with_invalid_id_lengths"] = short
-        problems["error"] = "Invalid id length for user_id or device_id"
-    return problems
 
 
 class _Server(ThreadingHTTPServer):
@@ -470,21 +359,21 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         self.conn_state.busy = True
         try:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            path = self.path.split("?")[0]
+            request = Request(self.path.split("?")[0],
+                              self.rfile.read(int(self.headers.get("Content-Length") or 0)),
+                              self.headers.get("Content-Type", ""),
+                              self.headers.get("Content-Encoding", ""))
             fault = fake._next_fault()
-            if path not in ("/2/httpapi", "/batch"):
-                status, body, count = 404, {"code": 404, "error": "Invalid request path"}, 0
-            elif fault is None or fault.accept:
-                status, body, count = fake._ingest(path, self.headers, raw)
-            else:
-                status, body, count = 0, {}, _count_events(raw, self.headers)
-            gzipped = self.headers.get("Content-Encoding", "").lower() == "gzip"
-            record = RequestRecord(path, status or None, count, gzipped, self.conn_state.number,
+            if fault is None or fault.accept or request.path not in PATHS:
+                reply = fake._answer(request)
+            else:  # the fault answers instead of the rules: nothing is validated or ingested
+                reply = Reply(0, {}, count_events(request))
+            record = RequestRecord(request.path, reply.status or None, reply.events,
+                                   request.gzipped, self.conn_state.number,
                                    fault.kind if fault else None)
             if fault is None:
                 fake._record(record)
-                self._send(status, json.dumps(body).encode(), "application/json")
+                self._send(reply.status, json.dumps(reply.body).encode(), "application/json")
             else:
                 self._misbehave(fault, record)
         finally:
@@ -541,12 +430,3 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-
-def _count_events(raw: bytes, headers: Any) -> int:
-    try:
-        if headers.get("Content-Encoding", "").lower() == "gzip":
-            raw = gzip.decompress(raw)
-        events = json.loads(raw).get("events")
-        return len(events) if isinstance(events, list) else 0
-    except (ValueError, OSError, EOFError, AttributeError):
-        return 0
