@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._errors import ConfigError
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int, and not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """An int or a float, and not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def optional_str(value: Any) -> str | None:
+    """The value when it is a string, else None (ids read back from JSON)."""
+    return value if isinstance(value, str) else None
 
 
 def positive_int(value: Any, name: str) -> int:

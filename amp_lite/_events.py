@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._checks import is_int, is_number
 from ._errors import InvalidEventError, brief
 
 IDENTIFY_EVENT = "$identify"
@@ -82,7 +83,7 @@ class Identify:
         return self._add(OP_SET_ONCE, key, value)
 
     def add(self, key: str, value: int | float) -> Identify:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise InvalidEventError(f"Identify.add({brief(key)}): value must be a number, "
                                     f"got {type(value).__name__}")
         return self._add(OP_ADD, key, value)
@@ -169,10 +170,10 @@ class Revenue:
 
     def event_properties(self) -> dict[str, Any]:
         """The event properties as the official SDK sends them (None values are left out)."""
-        if isinstance(self.price, bool) or not isinstance(self.price, (int, float)):
+        if not is_number(self.price):
             raise InvalidEventError(
                 f"Revenue.price: must be a number, got {brief(self.price)}")
-        if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
+        if not is_int(self.quantity):
             raise InvalidEventError(
                 f"Revenue.quantity: must be an integer, got {brief(self.quantity)}")
         if self.properties is not None and not isinstance(self.properties, Mapping):

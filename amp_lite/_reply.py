@@ -26,7 +26,9 @@ class Reply:
 
     http_status: int | None
     body: Mapping[str, Any] | None = None  # the JSON object of the reply, when it was one
-    error: str | None = None  # timeout, tls, connection, connection_dropped, protocol:...
+    # timeout, tls, connection, connection_dropped, response_too_large, protocol:<error>,
+    # unexpected:<error> (an HTTP-stack fault): every one is retried
+    error: str | None = None
     retry_after_s: float | None = None
 
     @property

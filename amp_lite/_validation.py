@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from ._checks import is_number
 from ._errors import InvalidEventError, brief
 from ._events import GROUP_IDENTIFY_EVENT
 from ._limits import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH
@@ -167,7 +168,7 @@ def _finite_number(value: Any, path: str) -> float | int:
     if isinstance(value, Decimal):
         # is_finite first: float() of a signalling NaN raises instead of giving nan
         value = float(value) if value.is_finite() else math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise InvalidEventError(f"{path}: must be a number, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEventError(f"{path}: NaN and Infinity cannot be sent (JSON has no such value)")

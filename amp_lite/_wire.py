@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 
+from ._checks import optional_str
+
 
 class BufferedEvent:
     """A validated event, already encoded as the JSON bytes that will be sent.
@@ -56,8 +58,8 @@ class BufferedEvent:
             fields = json.loads(self.raw)
             if not isinstance(fields, dict) or not isinstance(fields.get("insert_id"), str):
                 raise ValueError("an encoded event must be a JSON object with an insert_id")
-            self._ids = (fields["insert_id"], _optional_str(fields.get("user_id")),
-                         _optional_str(fields.get("device_id")))
+            self._ids = (fields["insert_id"], optional_str(fields.get("user_id")),
+                         optional_str(fields.get("device_id")))
         return self._ids
 
     def __eq__(self, other: object) -> bool:
@@ -71,10 +73,6 @@ class BufferedEvent:
     def __repr__(self) -> str:
         shown = f"insert_id={self._ids[0]!r}, " if self._ids else ""
         return f"BufferedEvent({shown}{len(self.raw)} bytes)"
-
-
-def _optional_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def request_prefix(api_key: str) -> bytes:

@@ -28,10 +28,11 @@ from ._deadline import Deadline
 from ._errors import AmpLiteError
 from ._key_sources import api_key_from_environment
 from ._report import REQUEST_REJECTIONS
+from ._retry import SendOutcome
 from ._wire import BufferedEvent
 from ._wrap import DEFAULT_MARGIN_MS
 from .aws_lambda import context_time_left
-from .overflow._message import MessageFormatError, decode_message
+from .overflow._message import DecodedMessage, MessageFormatError, decode_message
 
 logger = logging.getLogger("amp_lite")
 
@@ -75,19 +76,9 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
     # Amplitude's own key, so a message delivered twice sends nothing twice.
     groups: dict[int | None, dict[_Key, BufferedEvent]] = {}
     for record in records:
-        try:
-            decoded = decode_message(record.body)
-        except MessageFormatError as exc:
-            logger.error("amp_lite replay: message %s is not replayable: %s",
-                         record.message_id, exc)
-            result.failed[record.message_id] = f"not replayable: {exc}"
-            result.unreadable_messages += 1
+        decoded = _decode(record, result)
+        if decoded is None:
             continue
-        if decoded.unreadable_events:
-            logger.error("amp_lite replay: %d unreadable events in message %s rejected",
-                         decoded.unreadable_events, record.message_id)
-            result.rejected["unreadable_event"] += decoded.unreadable_events
-        result.events += len(decoded.events) + decoded.unreadable_events
         per_record[record.message_id] = [_key(e) for e in decoded.events]
         group = groups.setdefault(decoded.min_id_length, {})
         for event in decoded.events:
@@ -96,28 +87,54 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
     for min_id_length, group in groups.items():
         outcome = client.send_events(list(group.values()), deadline,
                                      min_id_length=min_id_length)
-        result.attempts += outcome.attempts
-        result.delivered += len(outcome.delivered)
-        for reason, events in outcome.rejected.items():
-            if reason in REQUEST_REJECTIONS:
-                logger.error("amp_lite replay: Amplitude refused the request (%s); %d events "
-                             "stay queued until the replay's configuration is fixed",
-                             reason, len(events))
-                result.unsettled[reason] += len(events)
-                unsettled.update((_key(e), reason) for e in events)
-            else:
-                logger.warning("amp_lite replay: %d events rejected by Amplitude (%s), "
-                               "not replayed again", len(events), reason)
-                result.rejected[reason] += len(events)
-        for reason, events in outcome.unsettled.items():
-            result.unsettled[reason] += len(events)
-            unsettled.update((_key(e), reason) for e in events)
+        unsettled.update(_count_outcome(outcome, result))
     for message_id, keys in per_record.items():
         reasons = Counter(unsettled[k] for k in keys if k in unsettled)
         if reasons:
             result.failed[message_id] = "undelivered events: " + ", ".join(
                 f"{reason} {count}" for reason, count in sorted(reasons.items()))
     return result
+
+
+def _decode(record: ReplayRecord, result: ReplayResult) -> DecodedMessage | None:
+    """The record's message, counted in `result`; None (and the record failed) when it is not
+    an amp-lite overflow message."""
+    try:
+        decoded = decode_message(record.body)
+    except MessageFormatError as exc:
+        logger.error("amp_lite replay: message %s is not replayable: %s", record.message_id, exc)
+        result.failed[record.message_id] = f"not replayable: {exc}"
+        result.unreadable_messages += 1
+        return None
+    if decoded.unreadable_events:
+        logger.error("amp_lite replay: %d unreadable events in message %s rejected",
+                     decoded.unreadable_events, record.message_id)
+        result.rejected["unreadable_event"] += decoded.unreadable_events
+    result.events += len(decoded.events) + decoded.unreadable_events
+    return decoded
+
+
+def _count_outcome(outcome: SendOutcome, result: ReplayResult) -> dict[_Key, str]:
+    """Count what one send did in `result`; returns the events that must come back, with why.
+    A refusal of the whole request (a wrong key...) keeps its events queued."""
+    unsettled: dict[_Key, str] = {}
+    result.attempts += outcome.attempts
+    result.delivered += len(outcome.delivered)
+    for reason, events in outcome.rejected.items():
+        if reason in REQUEST_REJECTIONS:
+            logger.error("amp_lite replay: Amplitude refused the request (%s); %d events "
+                         "stay queued until the replay's configuration is fixed",
+                         reason, len(events))
+            result.unsettled[reason] += len(events)
+            unsettled.update((_key(e), reason) for e in events)
+        else:
+            logger.warning("amp_lite replay: %d events rejected by Amplitude (%s), "
+                           "not replayed again", len(events), reason)
+            result.rejected[reason] += len(events)
+    for reason, events in outcome.unsettled.items():
+        result.unsettled[reason] += len(events)
+        unsettled.update((_key(e), reason) for e in events)
+    return unsettled
 
 
 _Key = tuple[str, str]
@@ -184,3 +201,7 @@ def handler(event: Mapping[str, Any], context: Any) -> Any:
 @functools.cache
 def _default_handler() -> Callable[[Mapping[str, Any], Any], Any]:
     return make_handler()
+
+
+__all__ = ["ReplayRecord", "ReplayRecordError", "ReplayResult", "handler", "make_handler",
+           "replay_records"]

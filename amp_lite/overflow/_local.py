@@ -8,7 +8,6 @@ Writes are crash-safe (temporary file, fsync, atomic rename). Concurrent flushes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._checks import positive_int
 from .._deadline import Deadline
-from .._errors import ConfigError, OverflowWriteError
+from .._errors import OverflowWriteError
 from .._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
@@ -34,20 +34,16 @@ TMP_PREFIX = ".tmp-"
 
 @dataclass
 class SpillClaim:
-    """Spill files taken by one flush: `complete()` deletes them, `release()` gives them back."""
+    """Spill files taken by one flush: `complete()` deletes them once their events settled.
+    A claim never completed (the process died) is given back after STALE_CLAIM_S."""
 
     events: list[BufferedEvent]
     attempts: int
-    _paths: list[tuple[Path, Path]] = field(default_factory=list, repr=False)  # (claimed, original)
+    _paths: list[Path] = field(default_factory=list, repr=False)  # the claimed files
 
     def complete(self) -> None:
-        for claimed, _ in self._paths:
+        for claimed in self._paths:
             claimed.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        for claimed, original in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                claimed.rename(original)
 
 
 class LocalSpill:
@@ -62,11 +58,8 @@ class LocalSpill:
 
     def __init__(self, directory: str | os.PathLike[str], *,
                  max_bytes: int = DEFAULT_SPILL_MAX_BYTES) -> None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ConfigError(
-                f"LocalSpill max_bytes: must be a positive integer, got {max_bytes!r}")
+        self.max_bytes = positive_int(max_bytes, "LocalSpill max_bytes")
         self.directory = Path(directory)
-        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         return f"LocalSpill({str(self.directory)!r}, max_bytes={self.max_bytes})"
@@ -141,7 +134,7 @@ class LocalSpill:
             except FileNotFoundError:
                 continue  # another flush in this process took it
             os.utime(claimed)  # the claim's age, not the file's, marks it abandoned later
-            claim._paths.append((claimed, path))
+            claim._paths.append(claimed)
             attempts, events = _read_spill_file(claimed)
             claim.events.extend(events)
             claim.attempts = max(claim.attempts, attempts)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import is_int, optional_str
 from .._errors import brief
 from .._version import LIBRARY
 from .._wire import BufferedEvent
@@ -168,8 +169,8 @@ def decode_message(body: str | bytes) -> DecodedMessage:
         raise MessageFormatError("the message has no events list")
     min_id_length = message.get("min_id_length")
     decoded = DecodedMessage(reason=str(message.get("reason", "")),
-                             attempts=_int(message.get("attempts")),
-                             min_id_length=min_id_length if _int(min_id_length) > 0 else None)
+                             attempts=_count(message.get("attempts")),
+                             min_id_length=min_id_length if _count(min_id_length) > 0 else None)
     for event in events:
         parsed = _event(event)
         if parsed is None:
@@ -189,13 +190,9 @@ def _event(event: Any) -> BufferedEvent | None:
                          allow_nan=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError):  # NaN, or a lone surrogate from a \ud800 escape
         return None
-    return BufferedEvent(raw, event["insert_id"], _str(event.get("user_id")),
-                         _str(event.get("device_id")))
+    return BufferedEvent(raw, event["insert_id"], optional_str(event.get("user_id")),
+                         optional_str(event.get("device_id")))
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _count(value: Any) -> int:
+    return value if is_int(value) else 0

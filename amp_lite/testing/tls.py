@@ -124,3 +124,6 @@ def _write(folder: Path, ca_cert: x509.Certificate, cert: x509.Certificate,
     Path(files.key).write_bytes(key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return files
+
+
+__all__ = ["TlsFiles", "make_tls_files"]

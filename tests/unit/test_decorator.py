@@ -304,3 +304,26 @@ def test_bad_timeout_environment_keeps_the_decorators_flush_cap(
     assert handler(object()) == "ok"
     assert time.monotonic() - started < 0.5 + TOLERANCE_S
 
+
+
+def test_bad_timeout_environment_is_reported_once_at_decoration_not_per_request(
+        fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN an unreadable AMP_LITE_TIMEOUT_S when a Cloud Functions handler is decorated
+    monkeypatch.setenv("AMP_LITE_TIMEOUT_S", "soon")
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+    with caplog.at_level(logging.ERROR, logger="amp_lite"):
+        @amplitude_flush(client)
+        def handler(request: Any) -> str:
+            client.track("Served", user_id="user-env")
+            return "ok"
+
+        # WHEN it serves three requests
+        results = [handler(object()) for _ in range(3)]
+    # THEN the variable was read once: one error naming it, without a traceback, and every
+    # request's event was still flushed by its own invocation
+    assert results == ["ok"] * 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "AMP_LITE_TIMEOUT_S" in errors[0].getMessage()
+    assert len(fake.events) == 3 and client.pending == 0

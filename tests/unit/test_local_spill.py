@@ -161,24 +161,6 @@ def test_complete_deletes_the_claimed_files(tmp_path: Path) -> None:
     assert spill.claim(max_events=10) is None
 
 
-def test_release_gives_the_files_back_to_the_next_claim(tmp_path: Path) -> None:
-    # GIVEN a claimed file
-    spill = LocalSpill(tmp_path / "spill")
-    events = make_events("a", 3)
-    write(spill, events)
-    first = claim_all(spill)
-    assert spill.claim(max_events=10) is None  # taken while claimed
-
-    # WHEN the claim is released
-    first.release()
-
-    # THEN the next claim gets the same events again, and the original file name is back
-    again = claim_all(spill)
-    assert [e.raw for e in again.events] == [e.raw for e in events]
-    again.complete()
-    assert spill_files(spill.directory) == []
-
-
 def test_two_claims_never_take_the_same_file(tmp_path: Path) -> None:
     # GIVEN two spilled files
     spill = LocalSpill(tmp_path / "spill")

@@ -467,3 +467,13 @@ def test_classify_does_not_mutate_the_batch() -> None:
     # THEN the verdict holds new lists and the input is unchanged
     assert verdict.retry == list(batch[1:])
     assert batch == tuple(batch_of(3))
+
+
+def test_reply_names_the_http_status_and_the_body_code_apart() -> None:
+    # GIVEN a proxy that answers 200 around Amplitude's own 400 body
+    reply = Reply(200, {"code": 400, "error": "Invalid API key: k"})
+    # THEN both are kept, and the body's code is the status the reply is judged by
+    assert (reply.http_status, reply.code, reply.status) == (200, 400, 400)
+    # AND without an integer code the HTTP status decides
+    assert Reply(503, {"code": "busy"}).status == 503
+    assert Reply(502, None).code is None
