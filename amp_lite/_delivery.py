@@ -126,23 +126,21 @@ class Delivery:
         """Write `events` to the sinks now, without sending them (a buffer past its cap):
         in chunks of at most max_request_events; what no sink takes is dropped."""
         tally = Tally(tracked=len(events))
-        sinks = self._route.sinks()
         step = self._route.config.max_request_events
         for start in range(0, len(events), step):
-            self._write(events[start:start + step], reason, 0, sinks, tally)
+            self._write(events[start:start + step], reason, 0, tally)
         return tally
 
     def _deliver(self, events: list[BufferedEvent], retry: Retry, sender: Sender,
                  tally: Tally) -> None:
         sinks = self._route.sinks()
-        claim = self._claim_spill(sinks)
+        claim = self._claim_spill(sinks)  # events an earlier flush could not deliver
         recovered = claim.events if claim else []
         tally.recovered = len(recovered)
         batch = recovered + events
         if batch:
             reserve = sum(sink.reserve_s for sink in sinks)
-            outcome = retry.send_events_with_retry(
-                batch, self.deadline.shortened_by(reserve))
+            outcome = retry.send_events_with_retry(batch, self.deadline.shortened_by(reserve))
             self._settle(outcome, len(batch), sender, tally)
         if claim:
             claim.complete()
@@ -154,16 +152,17 @@ class Delivery:
             tally.rejected[reason] += len(rejected)
         for reason, unsettled in outcome.unsettled.items():
             tally.deadline_hit |= reason == r.UNSETTLED_DEADLINE
-            sinks = self._route.sinks()
             for chunk in sender.batches(unsettled):  # request-sized: a replay resends as is
-                self._write(chunk, reason, outcome.attempts, sinks, tally)
+                self._write(chunk, reason, outcome.attempts, tally)
         if outcome.settled != sent:  # a custom strategy lost track of events: count them, loudly
             logger.error("amp_lite: retry strategy accounted for %d of %d events",
                          outcome.settled, sent)
             tally.dropped[r.DROPPED_INTERNAL] += sent - outcome.settled
 
     def _write(self, events: Sequence[BufferedEvent], reason: str, attempts: int,
-               sinks: tuple[OverflowSink, ...], tally: Tally) -> None:
+               tally: Tally) -> None:
+        """Each sink in turn takes what the previous ones could not; the rest is dropped."""
+        sinks = self._route.sinks()
         for sink in sinks:
             left = self._write_to(sink, events, reason, attempts)
             if written := len(events) - len(left):

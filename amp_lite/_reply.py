@@ -1,7 +1,8 @@
 """What a reply from Amplitude means for each event of the batch that was sent.
 
 Pure logic: `classify(reply, batch)` decides, per event, delivered / rejected / throttled / retry,
-following reference/amplitude-http-api.md section 4.3. The strategy in `retry` decides when.
+by the replies documented at https://amplitude.com/docs/apis/analytics/http-v2 (the table in
+docs/design.md, section 2). The strategy in `_retry` decides when.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import _report as r
 from ._checks import is_int
 from ._wire import BufferedEvent
 
-# Index lists in a 400 body that name invalid events (reference section 4.1).
+# Index lists in a 400 body that name invalid events (HTTP V2 API docs, 400 response body).
 _INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields",
                        "events_with_invalid_id_lengths")
 

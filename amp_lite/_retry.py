@@ -3,7 +3,7 @@
 The `Retry` protocol has one method, `send_events_with_retry(events, deadline)`, as in
 Amplitude's Node SDK. Three strategies ship:
 
-- `RetryHandler` (default): DESIGN.md's delivery loop, bounded by the deadline.
+- `RetryHandler` (default): the delivery loop of docs/design.md, bounded by the deadline.
 - `BaseRetryHandler`: one attempt per batch, no retry; helpers to build your own.
 - `OfflineRetryHandler`: one attempt; whatever fails goes straight to the overflow sink.
 """
@@ -122,7 +122,7 @@ class BaseRetryHandler:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryHandler(BaseRetryHandler):
-    """The default strategy: DESIGN.md's delivery loop.
+    """The default strategy: the delivery loop (docs/design.md, section 2).
 
     400 drops the named events and resends the rest at once; 413 halves the batch; 429 sends
     throttled events to overflow and resends the rest at once; 5xx, timeouts and connection

@@ -26,7 +26,8 @@ from ._limits import MAX_PROPERTY_DEPTH, MAX_STRING_LENGTH
 
 logger = logging.getLogger("amp_lite")
 
-# Python keyword -> wire name, where they differ (reference section 2, "Wire-name gotchas").
+# Python keyword -> wire name, where they differ (the field names of the HTTP V2 API:
+# https://amplitude.com/docs/apis/analytics/http-v2).
 WIRE_NAMES = {
     "product_id": "productId",
     "revenue_type": "revenueType",
@@ -47,7 +48,8 @@ BOOL_FIELDS = frozenset({"$skip_user_properties_sync"})
 KNOWN_FIELDS = (STRING_FIELDS | INT_FIELDS | FLOAT_FIELDS | PROPERTY_FIELDS | MAPPING_FIELDS
                 | BOOL_FIELDS | {"event_type", "library"})
 
-# IDs Amplitude answers with 400 (reference section 2.2); compared case-insensitively.
+# IDs Amplitude answers with 400 ("Invalid IDs" in the HTTP V2 API docs, link above);
+# compared case-insensitively.
 INVALID_IDS = frozenset({
     "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", '""',
     "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",

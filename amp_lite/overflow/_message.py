@@ -8,9 +8,10 @@ A message body is JSON:
 Every event keeps its insert_id, so replaying a message twice delivers nothing twice. There is
 no API key in a message (invariant I7): the replay consumer uses its own.
 
-Limits (reference/serverless-and-test-tooling.md, section 2): a message is at most 1 MiB of UTF-8
-bytes *including its message attributes* (name, type and value); a SendMessageBatch call holds at
-most 10 entries and 1 MiB in total.
+Limits, from SQS's message quotas
+(https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html):
+a message is at most 1 MiB of UTF-8 bytes *including its message attributes* (name, type and
+value); a SendMessageBatch call holds at most 10 entries and 1 MiB in total.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The delivery loop against a real HTTP server: every status and network fault of DESIGN.md's
-"The delivery loop", through real urllib3 to FakeAmplitude on 127.0.0.1.
+"""The delivery loop against a real HTTP server: every status and network fault of the delivery
+loop (docs/design.md, section 2), through real urllib3 to FakeAmplitude on 127.0.0.1.
 
 Every case checks invariant I2 (`report.balanced`) and the exact counts and reasons.
 """

@@ -1,5 +1,5 @@
-"""DESIGN.md invariants checked end to end: I1 (no threads), I2 (every event accounted for
-across invocations), I6 (import cost) and I7 (the API key never leaks)."""
+"""The invariants of docs/design.md (section 1) checked end to end: I1 (no threads), I2 (every
+event accounted for across invocations), I6 (import cost) and I7 (the API key never leaks)."""
 
 from __future__ import annotations
 

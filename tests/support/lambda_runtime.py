@@ -2,7 +2,7 @@
 
 The fake hands out invocations with a `Lambda-Runtime-Deadline-Ms` header and records what the
 runtime posts back, so handlers run with a genuine LambdaContext, real deadlines and real error
-reporting, in a subprocess (reference/serverless-and-test-tooling.md, section 5).
+reporting, in a subprocess (https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html).
 """
 
 from __future__ import annotations

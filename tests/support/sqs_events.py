@@ -1,4 +1,5 @@
-"""Stand-ins for the SQS event source mapping (reference/serverless-and-test-tooling.md, 5.4).
+"""Stand-ins for the SQS event source mapping
+(https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html).
 
 `lambda_sqs_event(messages, ...)` turns messages received from a (moto) queue into the event a
 SQS-triggered Lambda function gets; `settle(...)` deletes the receipt handles of the records the

@@ -1,5 +1,5 @@
 """Amplitude and Invocation against FakeAmplitude on 127.0.0.1: scopes, deadlines, overflow,
-spill recovery and the accounting of every event (DESIGN.md I2, I3, I4)."""
+spill recovery and the accounting of every event (docs/design.md invariants I2, I3, I4)."""
 
 from __future__ import annotations
 

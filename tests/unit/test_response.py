@@ -1,6 +1,7 @@
 """classify(reply, batch): what each Amplitude reply means for every event of the batch.
 
-Follows reference/amplitude-http-api.md sections 4.1-4.3.
+Follows the replies of https://amplitude.com/docs/apis/analytics/http-v2, as tabled in
+docs/design.md, section 2.
 """
 
 from __future__ import annotations
