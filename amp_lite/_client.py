@@ -32,7 +32,7 @@ from ._events import (
 )
 from ._report import DeliveryReport, Tally
 from ._retry import Retry, RetryHandler, SendOutcome
-from ._scope import EventBuffer, Invocation, Scopes, TimeLeft, time_left_from
+from ._scope import EventBuffer, Invocation, Scopes, TimeLeft, from_milliseconds
 from ._transport import Transport
 from ._wire import BufferedEvent
 from .overflow import OverflowSink
@@ -203,17 +203,19 @@ class Amplitude:
 
         The flush deadline is the smaller of `flush_timeout_s` and what is left of the
         invocation minus `margin_ms`: `time_left()` (seconds) when given, else
-        `remaining_time_ms()` (Lambda's context method), else `timeout_s` counted from now.
+        `remaining_time_ms()` (Lambda's context method), else `timeout_s` from the start of
+        the block.
         `flush_timeout_s` overrides the client's cap for this scope.
         """
         if timeout_s is not None:
             positive_seconds(timeout_s, "timeout_s")
         cap = (self.config.flush_timeout_s if flush_timeout_s is None
                else positive_seconds(flush_timeout_s, "flush_timeout_s"))
-        if time_left is None:
-            time_left = time_left_from(timeout_s=timeout_s, remaining_time_ms=remaining_time_ms)
+        if time_left is None and remaining_time_ms is not None:
+            time_left = from_milliseconds(remaining_time_ms)
         return Invocation(self._scopes, self._flush_buffer, flush_timeout_s=cap,
-                          time_left=time_left, margin_ms=margin_ms)
+                          time_left=time_left, margin_ms=margin_ms,
+                          timeout_s=None if time_left else timeout_s)
 
     def close(self) -> None:
         """Close pooled connections. The client stays usable (a new pool opens on demand)."""

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ._checks import positive_int, positive_seconds, seconds_from_env
-from ._errors import ConfigError
+from ._errors import ConfigError, brief
 from ._limits import (
     AMPLITUDE_HOSTS,
     MAX_BATCH_REQUEST_BYTES,
@@ -86,7 +86,7 @@ class ClientOptions(TypedDict, total=False):
     min_id_length: int | None
     flush_timeout_s: float | None  # cap on one flush (AMP_LITE_FLUSH_TIMEOUT_S)
     request_timeout_s: float  # one HTTP attempt
-    ca_certs: str | None  # a CA bundle file
+    ca_certs: str | os.PathLike[str] | None  # a CA bundle file
     plan: Plan | Mapping[str, str] | None
     ingestion_metadata: IngestionMetadata | Mapping[str, str] | None
     enabled: bool | None  # False: track() does nothing (AMP_LITE_ENABLED)
@@ -122,9 +122,11 @@ def _request_events(value: Any, name: str) -> int:
 
 
 def _ca_bundle(path: Any, name: str) -> str:
-    if not isinstance(path, str) or not os.path.isfile(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{name}: must be the path of a CA bundle file, got {brief(path)}")
+    if not os.path.isfile(path):
         raise ConfigError(f"{name}: no CA bundle file at {path!r}")
-    return path
+    return os.fspath(path)
 
 
 def _boolean(value: Any, name: str) -> bool:
@@ -215,11 +217,12 @@ class ClientConfig:
         unknown = sorted(set(options) - set(ClientOptions.__annotations__))
         if unknown:
             raise TypeError(f"Amplitude() got an unexpected keyword argument {unknown[0]!r}")
+        key = _api_key(api_key, env)
         url = _server_url(options, env)
         host = urlsplit(url).hostname or ""
         gzip = options.get("gzip")
         return cls(
-            **_api_key(api_key, env), server_url=url,
+            **key, server_url=url,
             gzip=(host in AMPLITUDE_HOSTS) if gzip is None else bool(gzip),
             max_request_bytes=(MAX_BATCH_REQUEST_BYTES if _is_batch_url(url)
                                else MAX_REQUEST_BYTES),

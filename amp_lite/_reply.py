@@ -35,15 +35,16 @@ class Reply:
     @property
     def code(self) -> int | None:
         """The body's own `code` field, when it is an integer."""
-        code = self.body.get("code") if self.body is not None else None
+        code = self.body.get("code") if isinstance(self.body, Mapping) else None
         return code if is_int(code) else None
 
     @property
     def status(self) -> int | None:
         """The status the reply is judged by: the body's `code` when it has one (a proxy may
-        answer 200 around Amplitude's 400), else the HTTP status."""
+        answer 200 around Amplitude's 400), else the HTTP status; None when nothing came back.
+        """
         code = self.code
-        return self.http_status if code is None else code
+        return self.http_status if code is None or self.http_status is None else code
 
 
 @dataclass

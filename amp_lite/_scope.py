@@ -113,22 +113,27 @@ class Invocation:
     """A per-invocation scope (a context manager): its own buffer, flushed at exit.
 
     The flush deadline is the smaller of `flush_timeout_s` and what is left of the invocation
-    (`time_left()`, when known) minus `margin_ms`. The flush at exit never raises: problems
+    (`time_left()`, or `timeout_s` from the start of the block, when known) minus
+    `margin_ms`. The flush at exit never raises: problems
     are logged and counted in `report`. Made by `Amplitude.invocation()`.
     """
 
     def __init__(self, scopes: Scopes, flush_buffer: FlushBuffer, *, flush_timeout_s: float,
-                 time_left: TimeLeft | None, margin_ms: float) -> None:
+                 time_left: TimeLeft | None, margin_ms: float,
+                 timeout_s: float | None = None) -> None:
         self.buffer = EventBuffer()
         self.report: DeliveryReport | None = None
         self._scopes = scopes
         self._flush_buffer = flush_buffer
         self._flush_timeout_s = flush_timeout_s
         self._time_left = time_left
+        self._timeout_s = timeout_s  # counted from the start of the `with` block
         self._margin_s = max(0.0, margin_ms) / 1000
         self._token: Token[EventBuffer | None] | None = None
 
     def __enter__(self) -> Invocation:
+        if self._timeout_s is not None:
+            self._time_left = countdown(self._timeout_s)
         self._token = self._scopes.enter(self.buffer)
         return self
 
@@ -154,13 +159,12 @@ class Invocation:
         return Deadline.after(max(0.0, budget))
 
 
-def time_left_from(*, timeout_s: float | None = None,
-                   remaining_time_ms: Callable[[], int] | None = None) -> TimeLeft | None:
-    """What is left of an invocation: Lambda's `remaining_time_ms()` when given, else
-    `timeout_s` counted from now; None when neither is known."""
-    if remaining_time_ms is not None:
-        return lambda: remaining_time_ms() / 1000
-    if timeout_s is not None:
-        ends_at = time.monotonic() + timeout_s
-        return lambda: ends_at - time.monotonic()
-    return None
+def countdown(seconds: float) -> TimeLeft:
+    """What is left of `seconds` counted from now."""
+    ends_at = time.monotonic() + seconds
+    return lambda: ends_at - time.monotonic()
+
+
+def from_milliseconds(remaining_time_ms: Callable[[], int]) -> TimeLeft:
+    """Seconds left, from a function giving milliseconds (Lambda's context method)."""
+    return lambda: remaining_time_ms() / 1000

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ConfigError
-from ._scope import TimeLeft
+from ._scope import TimeLeft, from_milliseconds
 from ._wrap import DEFAULT_MARGIN_MS, wrap_handler
 
 logger = logging.getLogger("amp_lite")
@@ -32,7 +32,7 @@ def context_time_left(context: Any) -> TimeLeft | None:
     method = getattr(context, "get_remaining_time_in_millis", None)
     if not callable(method):
         return None
-    return lambda: float(method()) / 1000
+    return from_milliseconds(method)
 
 
 def call_time_left(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:

@@ -23,7 +23,7 @@ from typing import Any
 from ._checks import positive_seconds, seconds_from_env
 from ._client import Amplitude
 from ._errors import ConfigError
-from ._scope import TimeLeft, time_left_from
+from ._scope import TimeLeft, countdown
 from ._wrap import DEFAULT_MARGIN_MS, CallBudget, check_options, wrap_handler
 
 logger = logging.getLogger("amp_lite")
@@ -58,11 +58,12 @@ def call_budget(timeout_s: float | None = None) -> CallBudget:
     try:
         timeout = function_timeout_s(timeout_s)
     except ConfigError as exc:
-        logger.error("amp_lite: %s; flushes are bounded by flush_timeout_s only", exc)
+        logger.error("amp_lite: %s; Cloud Functions calls of this handler are bounded by "
+                     "flush_timeout_s only", exc)
         return _unknown_time_left
 
     def budget(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:
-        return time_left_from(timeout_s=timeout)
+        return countdown(timeout)
 
     return budget
 

@@ -62,7 +62,7 @@ from tests.support.sqs_events import (
 
 SUPPORT = REPO_ROOT / "tests" / "support"
 FUNCTION_TIMEOUT_MS = 3000
-MARGIN_MS = 500  # amp_lite._decorator.DEFAULT_MARGIN_MS
+MARGIN_MS = 500  # amp_lite._wrap.DEFAULT_MARGIN_MS
 SCHEDULING_TOLERANCE_MS = 400
 REPLAY_REMAINING_MS = 10_000
 MAX_REPLAY_ROUNDS = 10

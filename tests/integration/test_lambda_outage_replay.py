@@ -30,7 +30,7 @@ from tests.support.sqs_events import (
 )
 
 EXAMPLES = REPO_ROOT / "examples"
-MARGIN_MS = 500  # amp_lite._decorator.DEFAULT_MARGIN_MS
+MARGIN_MS = 500  # amp_lite._wrap.DEFAULT_MARGIN_MS
 SCHEDULING_TOLERANCE_MS = 400
 FUNCTION_TIMEOUT_MS = 3000
 

@@ -17,7 +17,7 @@ from tests.conftest import API_KEY
 from tests.support.lambda_runtime import REPO_ROOT, lambda_runtime
 
 EXAMPLES = REPO_ROOT / "examples"
-MARGIN_MS = 500  # amp_lite._decorator.DEFAULT_MARGIN_MS
+MARGIN_MS = 500  # amp_lite._wrap.DEFAULT_MARGIN_MS
 SCHEDULING_TOLERANCE_MS = 400
 
 

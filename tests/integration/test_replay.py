@@ -37,7 +37,7 @@ from tests.support.sqs_events import (
     wire_event,
 )
 
-MARGIN_MS = 500  # amp_lite._decorator.DEFAULT_MARGIN_MS, make_handler's default
+MARGIN_MS = 500  # amp_lite._wrap.DEFAULT_MARGIN_MS, make_handler's default
 TOLERANCE_S = 0.6
 
 

@@ -617,3 +617,13 @@ def test_client_keeps_working_after_close(fake: FakeAmplitude) -> None:
     assert report.delivered == 1
     assert assert_balanced(inv.report).delivered == 1
     assert sorted(fake.insert_ids) == sorted([first, second, third])
+
+
+def test_timeout_is_counted_from_the_start_of_the_block(fake: FakeAmplitude) -> None:
+    # GIVEN a scope made with a 10 s timeout, entered one second later
+    client = make_client(fake)
+    scope = client.invocation(timeout_s=10, flush_timeout_s=60)
+    time.sleep(1.0)
+    # WHEN the block starts / THEN the whole 10 s are still ahead of it (not 9 s)
+    with scope:
+        assert scope.flush_deadline().remaining_s() > 9.5  # 0.5 s for a slow scheduler

@@ -567,3 +567,13 @@ def test_min_id_length_is_kept() -> None:
     # GIVEN / WHEN / THEN min_id_length is stored, default None
     assert Amplitude(API_KEY, min_id_length=3).config.min_id_length == 3
     assert Amplitude(API_KEY).config.min_id_length is None
+
+
+def test_ca_certs_takes_a_path_object(tmp_path: Any) -> None:
+    # GIVEN a CA bundle named by a pathlib.Path / THEN it is accepted, kept as a string
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not parsed until the first send")
+    assert Amplitude(API_KEY, ca_certs=bundle).config.ca_certs == str(bundle)
+    # AND a value that is not a path names the argument and the rule
+    with pytest.raises(ConfigError, match=r"^ca_certs: must be the path of a CA bundle file"):
+        Amplitude(API_KEY, ca_certs=42)  # type: ignore[typeddict-item]
