@@ -11,6 +11,11 @@ from typing import Any, TypeGuard
 
 from ._errors import ConfigError
 
+# No duration amp-lite is given can usefully exceed the longest invocation of a supported
+# platform: an HTTP function on Cloud Run functions (2nd gen) runs at most 60 minutes; Lambda
+# at most 15. A larger value is a mistake (ms for s?) and would overflow socket timeouts.
+MAX_DURATION_S = 3600.0
+
 
 def is_int(value: Any) -> TypeGuard[int]:
     """An int, and not a bool."""
@@ -38,6 +43,9 @@ def positive_seconds(value: Any, name: str) -> float:
         raise ConfigError(f"{name}: must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name}: must be a positive, finite number of seconds, got {value!r}")
+    if value > MAX_DURATION_S:
+        raise ConfigError(f"{name}: at most {MAX_DURATION_S:g} seconds (the longest serverless "
+                          f"invocation), got {value!r}")
     return float(value)
 
 
@@ -45,6 +53,9 @@ def non_negative_ms(value: Any, name: str) -> float:
     if not is_number(value) or not 0 <= value < math.inf:
         raise ConfigError(f"{name}: must be a non-negative number of milliseconds, "
                           f"got {value!r}")
+    if value > MAX_DURATION_S * 1000:
+        raise ConfigError(f"{name}: at most {MAX_DURATION_S * 1000:g} milliseconds (the longest "
+                          f"serverless invocation), got {value!r}")
     return float(value)
 
 

@@ -14,7 +14,7 @@ from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
 from ._checks import positive_seconds
-from ._config import ClientConfig, ClientOptions
+from ._config import ClientConfig, ClientOptions, redacted_url
 from ._deadline import Deadline
 from ._delivery import Delivery, Route, bound, dropped_for_config, overflow_early
 from ._encoder import EventEncoder
@@ -77,7 +77,7 @@ class Amplitude:
     def __repr__(self) -> str:
         key = ("set" if self.config.api_key else
                "from provider" if self.config.api_key_provider else "missing")
-        return (f"Amplitude(server_url={self.config.server_url!r}, api_key=<{key}>, "
+        return (f"Amplitude(server_url={redacted_url(self.config.server_url)!r}, api_key=<{key}>, "
                 f"enabled={self.config.enabled})")
 
     # -- tracking ---------------------------------------------------------------------------

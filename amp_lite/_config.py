@@ -201,6 +201,11 @@ class ClientConfig:
     max_buffered_events: int = option(DEFAULT_MAX_BUFFERED_EVENTS, positive_int)
     max_buffered_bytes: int = option(DEFAULT_MAX_BUFFERED_BYTES, positive_int)
 
+    def __repr__(self) -> str:  # the dataclass's, with a URL password masked
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["server_url"] = redacted_url(self.server_url)
+        return f"ClientConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def require_api_key(self) -> str:
         if not self.api_key:
             raise ConfigError(
@@ -251,10 +256,22 @@ def _api_key(api_key: str | Callable[[], str] | None,
              env: Mapping[str, str]) -> dict[str, Any]:
     if callable(api_key):
         return {"api_key": None, "api_key_provider": api_key}
-    key = api_key if api_key is not None else env.get(ENV_API_KEY) or None
-    if key is not None and (not isinstance(key, str) or not key.strip()):
-        raise ConfigError("api_key: must be a non-empty string (or a function returning one)")
+    if api_key is not None:
+        return {"api_key": checked_api_key(api_key, "api_key"), "api_key_provider": None}
+    raw = env.get(ENV_API_KEY) or None
+    key = None if raw is None else checked_api_key(raw, f"api_key ({ENV_API_KEY})")
     return {"api_key": key, "api_key_provider": None}
+
+
+def checked_api_key(key: Any, source: str) -> str:
+    """The key without surrounding whitespace (a pasted newline); refused when empty or with
+    whitespace inside, which no Amplitude key has. The message never shows the key."""
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f"{source}: must be a non-empty string (or a function returning one)")
+    cleaned = str(key).strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in cleaned):
+        raise ConfigError(f"{source}: an API key has no spaces or control characters inside")
+    return cleaned
 
 
 def _server_url(options: Mapping[str, Any], env: Mapping[str, str]) -> str:
@@ -279,11 +296,34 @@ def _zone(server_zone: Any, env: Mapping[str, str]) -> str:
 
 
 def _checked_url(url: Any, source: str) -> str:
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}: must be an http(s) URL such as "
-                          f"{SERVER_URLS[('US', False)]!r}, got {url!r}")
+    """An http(s) URL with a host and a valid port, nothing around it: a stray space or newline
+    would make every request fail and every event overflow, for good."""
+    example = f"must be an http(s) URL such as {SERVER_URLS[('US', False)]!r}"
+    if not isinstance(url, str):
+        raise ConfigError(f"{source}: {example}, got {brief(url)}")
+    shown = redacted_url(url)
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ConfigError(f"{source}: must not contain spaces or control characters, "
+                          f"got {shown!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}: {example}, got {shown!r}")
+    try:
+        port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{source}: the port must be 1-65535, got {shown!r}")
     return str(url)
+
+
+def redacted_url(url: str) -> str:
+    """`url` without the password of any `user:password@` part, for reprs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def _is_batch_url(url: str) -> bool:

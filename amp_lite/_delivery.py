@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from . import _report as r
-from ._config import ClientConfig
+from ._config import ClientConfig, checked_api_key
 from ._deadline import Deadline
 from ._errors import ConfigError, OverflowWriteError
 from ._report import Tally
@@ -95,7 +95,7 @@ def _ask_provider(provider: Callable[[], str]) -> str:
         raise ConfigError(f"api_key: the key provider failed ({type(exc).__name__})") from exc
     if not isinstance(key, str) or not key.strip():
         raise ConfigError("api_key: the key provider returned no key")
-    return key
+    return checked_api_key(key, "api_key (from the key provider)")
 
 
 def bound(retry: Retry, sender: Sender) -> Retry:

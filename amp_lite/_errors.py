@@ -23,6 +23,12 @@ def brief(value: Any) -> str:
         return f"<{type(value).__name__}>"
 
 
+def redact(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` (the API key) masked: for anything logged that
+    came from a server, which may echo the request."""
+    return text.replace(secret, "<api key>") if secret else text
+
+
 class AmpLiteError(Exception):
     """Root of every error amp_lite raises."""
 

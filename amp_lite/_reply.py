@@ -56,6 +56,7 @@ class Verdict:
     backoff: bool = False  # wait before retrying: the server or the network is in trouble
     split: bool = False  # retry `retry` as two halves (413, or a 400 naming no index)
     retry_after_s: float | None = None  # the server's Retry-After, if it sent one
+    refused: str | None = None  # the whole request was refused, for this reason: stop sending
     note: str = ""  # for logs: a status and a reason, never event contents or the key
 
 
@@ -72,7 +73,7 @@ def classify(reply: Reply, batch: Sequence[BufferedEvent]) -> Verdict:
     if status == 400:
         return _bad_request(body, batch)
     if status == 403:
-        return Verdict(rejected={r.REJECTED_FORBIDDEN: list(batch)}, note="403 forbidden")
+        return _refused(r.REFUSED_FORBIDDEN, batch, "403 forbidden")
     if status == 413:
         if len(batch) == 1:
             return Verdict(rejected={r.REJECTED_TOO_LARGE: list(batch)}, note="413 single event")
@@ -85,13 +86,19 @@ def classify(reply: Reply, batch: Sequence[BufferedEvent]) -> Verdict:
     return Verdict(unsettled={r.UNSETTLED_HTTP_ERROR: list(batch)}, note=f"unexpected {status}")
 
 
+def _refused(reason: str, batch: Sequence[BufferedEvent], note: str) -> Verdict:
+    """The whole request was refused: the events are left unsettled (overflowed), and the
+    strategy sends nothing more in this flush (the next request would be refused alike)."""
+    return Verdict(unsettled={reason: list(batch)}, refused=reason, note=note)
+
+
 def _bad_request(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> Verdict:
     error = str(body.get("error", ""))
     if error.startswith("Invalid API key"):
-        return Verdict(rejected={r.REJECTED_API_KEY: list(batch)}, note="400 invalid API key")
-    if body.get("missing_field"):
-        return Verdict(rejected={r.REJECTED_MISSING_FIELD: list(batch)},
-                       note=f"400 missing field {str(body['missing_field'])[:40]}")
+        return _refused(r.REFUSED_API_KEY, batch, "400 invalid API key")
+    if body.get("missing_field"):  # Amplitude: "which request-level required field is missing"
+        return _refused(r.REFUSED_MISSING_FIELD, batch,
+                        f"400 missing field {str(body['missing_field'])[:40]}")
     invalid = _indices(body, batch)
     if invalid:
         return Verdict(

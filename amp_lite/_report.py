@@ -7,17 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-# Why Amplitude refused an event (it is not retried).
+# Why Amplitude refused an event itself (it is not retried, ever).
 REJECTED_INVALID = "invalid_event"  # 400 listed the event's index
-REJECTED_MISSING_FIELD = "missing_field"  # 400 missing a request-level field
-REJECTED_API_KEY = "invalid_api_key"
-REJECTED_FORBIDDEN = "forbidden"  # 403
 REJECTED_TOO_LARGE = "too_large"  # 413 on a single event
 REJECTED_DAILY_QUOTA = "daily_quota"  # 429, the user or device is over its daily quota
 REJECTED_BAD_REQUEST = "bad_request"  # 400 on a single event, no index given
-# Refusals of the whole request, which say nothing about the events themselves: a replay keeps
-# those events queued (a wrong or revoked key must not delete the backlog).
-REQUEST_REJECTIONS = frozenset({REJECTED_MISSING_FIELD, REJECTED_API_KEY, REJECTED_FORBIDDEN})
+
+# Refusals of the whole request. They say nothing about the events (a mistyped or revoked key,
+# a WAF block), so the events are overflowed, never rejected: nothing is lost once the cause
+# is fixed, and a replay keeps such records queued.
+REFUSED_API_KEY = "invalid_api_key"  # 400 "Invalid API key"
+REFUSED_FORBIDDEN = "forbidden"  # 403
+REFUSED_MISSING_FIELD = "missing_field"  # 400 naming a missing request-level field
+REQUEST_REFUSALS = frozenset({REFUSED_API_KEY, REFUSED_FORBIDDEN, REFUSED_MISSING_FIELD})
 
 # Why an event was not delivered within the flush (it goes to the overflow sink).
 UNSETTLED_DEADLINE = "deadline"

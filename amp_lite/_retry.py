@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from . import _report as r
+from ._checks import positive_int, positive_seconds
 from ._deadline import Deadline
+from ._errors import ConfigError, brief, redact
 from ._reply import Verdict, classify
 from ._sender import Sender
 from ._wire import BufferedEvent
@@ -31,10 +33,10 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
 DEFAULT_MAX_ATTEMPTS = 10
 
-_LOUD_REJECTIONS = {
-    r.REJECTED_API_KEY: "Amplitude refused the API key (400 Invalid API key); events rejected",
-    r.REJECTED_FORBIDDEN: "Amplitude answered 403 Forbidden (WAF block); events rejected",
-    r.REJECTED_MISSING_FIELD: "Amplitude answered 400 missing a request field; events rejected",
+_REFUSALS = {
+    r.REFUSED_API_KEY: "Amplitude refused the API key (400 Invalid API key)",
+    r.REFUSED_FORBIDDEN: "Amplitude answered 403 Forbidden (a WAF or IP block)",
+    r.REFUSED_MISSING_FIELD: "Amplitude answered 400 missing a request-level field",
 }
 
 
@@ -46,6 +48,7 @@ class SendOutcome:
     rejected: dict[str, list[BufferedEvent]] = field(default_factory=dict)
     unsettled: dict[str, list[BufferedEvent]] = field(default_factory=dict)
     attempts: int = 0
+    refused: str | None = None  # Amplitude refused a whole request: send nothing more
 
     @property
     def settled(self) -> int:
@@ -57,8 +60,11 @@ class SendOutcome:
         self.delivered.extend(verdict.delivered)
         for reason, events in verdict.rejected.items():
             self.rejected.setdefault(reason, []).extend(events)
-            if reason in _LOUD_REJECTIONS:
-                logger.error("amp_lite: %s (%d events)", _LOUD_REJECTIONS[reason], len(events))
+        if verdict.refused is not None:
+            self.refused = verdict.refused
+            logger.error("amp_lite: %s; the events are overflowed, not lost: fix the cause and "
+                         "they are delivered later", _REFUSALS.get(verdict.refused,
+                                                                   verdict.refused))
         for reason, events in verdict.unsettled.items():
             self.leave(events, reason)
 
@@ -94,6 +100,9 @@ class BaseRetryHandler:
     ) -> SendOutcome:
         outcome = SendOutcome()
         for batch in self._bound().batches(events):
+            if outcome.refused is not None:  # the next request would be refused alike
+                outcome.leave(batch, outcome.refused)
+                continue
             verdict = self.attempt(batch, deadline, outcome)
             if verdict is not None:
                 outcome.leave(verdict.retry, self.unretried_reason)
@@ -110,7 +119,8 @@ class BaseRetryHandler:
         verdict = classify(self._bound().send(batch, deadline), batch)
         outcome.attempts += 1
         outcome.settle(verdict)
-        logger.debug("amp_lite: sent %d events: %s", len(batch), verdict.note)
+        logger.debug("amp_lite: sent %d events: %s", len(batch),
+                     redact(verdict.note, self._bound().api_key))  # a reply may echo the key
         return verdict
 
     def _bound(self) -> Sender:
@@ -135,13 +145,26 @@ class RetryHandler(BaseRetryHandler):
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     jitter: Callable[[float, float], float] = field(default=random.uniform, repr=False)
 
+    def __post_init__(self) -> None:  # at construction, not inside a flush
+        positive_int(self.max_attempts, "RetryHandler max_attempts")
+        positive_seconds(self.backoff_base_s, "RetryHandler backoff_base_s")
+        positive_seconds(self.backoff_cap_s, "RetryHandler backoff_cap_s")
+        for name in ("sleep", "jitter"):
+            if not callable(getattr(self, name)):
+                raise ConfigError(f"RetryHandler {name}: must be callable, "
+                                  f"got {brief(getattr(self, name))}")
+
     def send_events_with_retry(
         self, events: Sequence[BufferedEvent], deadline: Deadline
     ) -> SendOutcome:
         outcome = SendOutcome()
         pending = deque(self._bound().batches(events))
         while pending:
-            self._settle_batch(pending.popleft(), pending, deadline, outcome)
+            batch = pending.popleft()
+            if outcome.refused is not None:  # the next request would be refused alike
+                outcome.leave(batch, outcome.refused)
+            else:
+                self._settle_batch(batch, pending, deadline, outcome)
         return outcome
 
     def _settle_batch(self, batch: list[BufferedEvent], pending: deque[list[BufferedEvent]],

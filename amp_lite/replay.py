@@ -27,7 +27,6 @@ from ._client import Amplitude
 from ._deadline import Deadline
 from ._errors import AmpLiteError
 from ._key_sources import api_key_from_environment
-from ._report import REQUEST_REJECTIONS
 from ._retry import SendOutcome
 from ._wire import BufferedEvent
 from ._wrap import DEFAULT_MARGIN_MS
@@ -115,22 +114,18 @@ def _decode(record: ReplayRecord, result: ReplayResult) -> DecodedMessage | None
 
 
 def _count_outcome(outcome: SendOutcome, result: ReplayResult) -> dict[_Key, str]:
-    """Count what one send did in `result`; returns the events that must come back, with why.
-    A refusal of the whole request (a wrong key...) keeps its events queued."""
+    """Count what one send did in `result`; returns the events that must come back, with why
+    (a refusal of the whole request, a wrong key..., leaves them unsettled too)."""
     unsettled: dict[_Key, str] = {}
     result.attempts += outcome.attempts
     result.delivered += len(outcome.delivered)
     for reason, events in outcome.rejected.items():
-        if reason in REQUEST_REJECTIONS:
-            logger.error("amp_lite replay: Amplitude refused the request (%s); %d events "
-                         "stay queued until the replay's configuration is fixed",
-                         reason, len(events))
-            result.unsettled[reason] += len(events)
-            unsettled.update((_key(e), reason) for e in events)
-        else:
-            logger.warning("amp_lite replay: %d events rejected by Amplitude (%s), "
-                           "not replayed again", len(events), reason)
-            result.rejected[reason] += len(events)
+        logger.warning("amp_lite replay: %d events rejected by Amplitude (%s), not replayed "
+                       "again", len(events), reason)
+        result.rejected[reason] += len(events)
+    if outcome.refused is not None:  # a wrong key or a block: the records stay queued
+        logger.error("amp_lite replay: Amplitude refused the request (%s); the records stay "
+                     "queued until the replay's configuration is fixed", outcome.refused)
     for reason, events in outcome.unsettled.items():
         result.unsettled[reason] += len(events)
         unsettled.update((_key(e), reason) for e in events)

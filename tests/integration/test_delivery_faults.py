@@ -157,7 +157,7 @@ def test_400_from_the_fakes_own_validation_rejects_only_the_invalid_event(
     assert spill.pending_files() == []
 
 
-def test_400_invalid_api_key_rejects_all_loudly_without_logging_the_key(
+def test_400_invalid_api_key_overflows_all_loudly_without_logging_the_key(
         sink: RecordingSink, caplog: pytest.LogCaptureFixture) -> None:
     with FakeAmplitude(api_keys=["another-project-key-000000"]) as fake:
         # GIVEN a fake that refuses our key and echoes it in its reply, as Amplitude does
@@ -173,11 +173,12 @@ def test_400_invalid_api_key_rejects_all_loudly_without_logging_the_key(
         caplog.set_level(logging.DEBUG)
         # WHEN flushed
         report = client.flush()
-    # THEN every event is rejected (not retried, not overflowed), with an ERROR log line ...
-    assert_report(report, tracked=3, rejected={"invalid_api_key": 3})
+    # THEN every event is overflowed (not retried, not rejected: a fixed key delivers them),
+    # with an ERROR log line ...
+    assert_report(report, tracked=3, overflowed={"invalid_api_key": 3})
     assert report.attempts == 1
     assert fake.events == []
-    assert sink.writes == []
+    assert len(sink.insert_ids) == 3
     assert any("API key" in m for m in error_messages(caplog))
     # ... and the key itself appears in no log record, at any level, from any logger
     assert caplog.records
@@ -185,7 +186,7 @@ def test_400_invalid_api_key_rejects_all_loudly_without_logging_the_key(
     assert API_KEY not in caplog.text
 
 
-def test_400_missing_field_rejects_the_whole_batch_loudly(
+def test_400_missing_field_overflows_the_whole_batch_loudly(
         fake: FakeAmplitude, sink: RecordingSink, caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN three events and a 400 naming a missing request field
     client = make_client(fake.url, sink)
@@ -194,8 +195,8 @@ def test_400_missing_field_rejects_the_whole_batch_loudly(
                                         "missing_field": "api_key"}))
     # WHEN flushed
     report = client.flush()
-    # THEN all three are rejected at once, with an ERROR log
-    assert_report(report, tracked=3, rejected={"missing_field": 3})
+    # THEN all three are overflowed at once (the request was refused, not the events), loudly
+    assert_report(report, tracked=3, overflowed={"missing_field": 3})
     assert report.attempts == 1
     assert len(fake.requests) == 1
     assert fake.events == []
@@ -205,7 +206,7 @@ def test_400_missing_field_rejects_the_whole_batch_loudly(
 # -- 403 / 413 ----------------------------------------------------------------------------------
 
 
-def test_403_is_not_retried_and_rejects_loudly(
+def test_403_is_not_retried_and_overflows_loudly(
         fake: FakeAmplitude, sink: RecordingSink, caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN three events and a WAF block
     client = make_client(fake.url, sink)
@@ -213,12 +214,36 @@ def test_403_is_not_retried_and_rejects_loudly(
     fake.script(Fault.status_code(403))
     # WHEN flushed
     report = client.flush()
-    # THEN all are rejected as forbidden after one attempt, with an ERROR log
-    assert_report(report, tracked=3, rejected={"forbidden": 3})
+    # THEN all are overflowed as forbidden after one attempt, with an ERROR log
+    assert_report(report, tracked=3, overflowed={"forbidden": 3})
     assert report.attempts == 1
     assert len(fake.requests) == 1
-    assert sink.writes == []
+    assert len(sink.insert_ids) == 3
     assert any("403" in m for m in error_messages(caplog))
+
+
+@pytest.mark.parametrize("refusal", ["forbidden", "invalid_api_key"])
+def test_a_refused_request_keeps_the_spilled_backlog(fake: FakeAmplitude, tmp_path: Path,
+                                                     refusal: str) -> None:
+    # GIVEN three events in the local spill from an earlier outage
+    spill = LocalSpill(tmp_path / "spill")
+    client = make_client(fake.url, spill)
+    backlog = track_users(client, 3, prefix="backlog")
+    fake.script(*[Fault.status_code(503)] * 40)
+    assert client.flush(timeout_s=1.5).overflowed == 3
+    fake.clear_faults()
+    # WHEN the next flush reads them back and Amplitude refuses the whole request
+    fake.script(Fault.status_code(403) if refusal == "forbidden" else Fault.status_code(
+        400, {"code": 400, "error": f"Invalid API key: {API_KEY}"}))
+    fresh = track_users(client, 2, prefix="fresh")
+    refused = client.flush()
+    # THEN the recovered and the new events are overflowed again, none rejected
+    assert_report(refused, tracked=2, recovered=3, overflowed={refusal: 5})
+    assert fake.events == []
+    # AND once the cause is gone, a later flush delivers every one of them
+    assert client.flush().delivered == 5
+    assert sorted(fake.insert_ids) == sorted(backlog + fresh)
+    assert spill.pending_files() == []
 
 
 def test_413_on_a_batch_splits_it_in_half_and_delivers_everything(

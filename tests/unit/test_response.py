@@ -109,14 +109,16 @@ def test_2xx_without_json_body_is_retried_with_backoff() -> None:
 # -- 400 ----------------------------------------------------------------------------------------
 
 
-def test_400_invalid_api_key_rejects_everything() -> None:
+def test_400_invalid_api_key_refuses_the_request_and_overflows_everything() -> None:
     # GIVEN a batch
     batch = batch_of(5)
     # WHEN Amplitude says the key is invalid (the body echoes the key)
     verdict = classify(Reply(400, {"code": 400, "error": "Invalid API key: abc123"}), batch)
-    # THEN the whole batch is rejected as invalid_api_key, nothing retried
-    assert verdict.rejected == {r.REJECTED_API_KEY: batch}
-    assert not verdict.retry and not verdict.delivered and not verdict.unsettled
+    # THEN the request is refused: the whole batch is left for overflow (a fixed key delivers
+    # it later), nothing rejected, nothing retried now
+    assert verdict.unsettled == {r.REFUSED_API_KEY: batch}
+    assert verdict.refused == r.REFUSED_API_KEY
+    assert not verdict.retry and not verdict.delivered and not verdict.rejected
     # AND the note does not repeat the key from the body
     assert "abc123" not in verdict.note
 
@@ -128,21 +130,22 @@ def test_400_invalid_api_key_wins_over_index_lists() -> None:
                         "events_with_invalid_fields": {"time": [0]}})
     # WHEN it is classified
     verdict = classify(reply, batch)
-    # THEN everything is rejected for the key
-    assert verdict.rejected == {r.REJECTED_API_KEY: batch}
-    assert not verdict.retry
+    # THEN the key's refusal wins: everything is left for overflow, nothing rejected
+    assert verdict.unsettled == {r.REFUSED_API_KEY: batch}
+    assert not verdict.retry and not verdict.rejected
 
 
-def test_400_missing_field_rejects_everything() -> None:
+def test_400_missing_field_refuses_the_request_and_overflows_everything() -> None:
     # GIVEN a batch
     batch = batch_of(3)
     # WHEN Amplitude says a request field is missing
     reply = Reply(400, {"code": 400, "error": "Request missing required field",
                         "missing_field": "api_key"})
     verdict = classify(reply, batch)
-    # THEN the whole batch is rejected as missing_field
-    assert verdict.rejected == {r.REJECTED_MISSING_FIELD: batch}
-    assert not verdict.retry and not verdict.delivered
+    # THEN the request is refused: the whole batch is left for overflow as missing_field
+    assert verdict.unsettled == {r.REFUSED_MISSING_FIELD: batch}
+    assert verdict.refused == r.REFUSED_MISSING_FIELD
+    assert not verdict.retry and not verdict.delivered and not verdict.rejected
     assert "api_key" in verdict.note
 
 
@@ -284,14 +287,15 @@ def test_400_without_a_body_on_several_events_splits() -> None:
 # -- 403, 408, 5xx, 413 -------------------------------------------------------------------------
 
 
-def test_403_rejects_everything_as_forbidden() -> None:
+def test_403_refuses_the_request_and_overflows_everything_as_forbidden() -> None:
     # GIVEN a batch
     batch = batch_of(3)
     # WHEN the WAF answers 403
     verdict = classify(Reply(403, {"code": 403, "error": "Forbidden"}), batch)
-    # THEN nothing is retried: all rejected as forbidden
-    assert verdict.rejected == {r.REJECTED_FORBIDDEN: batch}
-    assert not verdict.retry and not verdict.backoff
+    # THEN nothing is retried now and nothing rejected: all left for overflow as forbidden
+    assert verdict.unsettled == {r.REFUSED_FORBIDDEN: batch}
+    assert verdict.refused == r.REFUSED_FORBIDDEN
+    assert not verdict.retry and not verdict.backoff and not verdict.rejected
 
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503, 504, 599])

@@ -325,7 +325,7 @@ def test_400_with_index_rejects_it_and_resends_rest_at_once(clock: FakeClock,
     assert outcome.attempts == 2
 
 
-def test_400_invalid_api_key_rejects_all_and_logs(clock: FakeClock, sleep: FakeSleep,
+def test_400_invalid_api_key_leaves_all_for_overflow_and_logs(clock: FakeClock, sleep: FakeSleep,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a server that refuses the key
     transport = ScriptedTransport(clock, [Reply(400, {"error": f"Invalid API key: {API_KEY}"})])
@@ -333,8 +333,9 @@ def test_400_invalid_api_key_rejects_all_and_logs(clock: FakeClock, sleep: FakeS
     # WHEN sent
     with caplog.at_level("ERROR", logger="amp_lite"):
         outcome = run(handler(sleep), transport, events, Deadline.after(5.0, clock))
-    # THEN all are rejected after one attempt, loudly, without the key in the log
-    assert outcome.rejected == {r.REJECTED_API_KEY: events}
+    # THEN all are left for overflow after one attempt, loudly, without the key in the log
+    assert outcome.unsettled == {r.REFUSED_API_KEY: events}
+    assert outcome.rejected == {}
     assert outcome.attempts == 1
     assert "API key" in caplog.text
     assert API_KEY not in caplog.text
@@ -357,15 +358,16 @@ def test_400_naming_nothing_halves_to_the_bad_event(clock: FakeClock, sleep: Fak
     assert sleep.calls == []
 
 
-def test_403_rejects_all_without_retry(clock: FakeClock, sleep: FakeSleep) -> None:
+def test_403_leaves_all_for_overflow_without_retry(clock: FakeClock, sleep: FakeSleep) -> None:
     # GIVEN a WAF that answers 403
     transport = ScriptedTransport(clock, [Reply(403, {"code": 403})] * 5)
     events = make_events(2)
     # WHEN sent
     outcome = run(handler(sleep), transport, events, Deadline.after(5.0, clock))
-    # THEN one attempt, all rejected as forbidden
+    # THEN one attempt, all left for overflow as forbidden (nothing lost, nothing rejected)
     assert outcome.attempts == 1
-    assert outcome.rejected == {r.REJECTED_FORBIDDEN: events}
+    assert outcome.unsettled == {r.REFUSED_FORBIDDEN: events}
+    assert outcome.rejected == {}
 
 
 def test_429_mixed_throttled_quota_and_others(clock: FakeClock, sleep: FakeSleep) -> None:
@@ -424,14 +426,29 @@ def test_batches_are_split_by_max_bytes(clock: FakeClock, sleep: FakeSleep) -> N
 
 
 def test_a_failing_batch_does_not_stop_later_batches(clock: FakeClock, sleep: FakeSleep) -> None:
-    # GIVEN 2 batches; the first is answered 403
-    transport = ScriptedTransport(clock, [Reply(403, {"code": 403}), OK])
+    # GIVEN 2 batches; the first is answered with an unexpected 404
+    transport = ScriptedTransport(clock, [Reply(404, {"code": 404}), OK])
     events = make_events(4)
     # WHEN sent
     outcome = run(handler(sleep), transport, events, Deadline.after(5.0, clock), max_events=2)
     # THEN the second batch is still delivered
-    assert outcome.rejected == {r.REJECTED_FORBIDDEN: events[:2]}
+    assert outcome.unsettled == {r.UNSETTLED_HTTP_ERROR: events[:2]}
     assert ids(outcome.delivered) == ["id-2", "id-3"]
+
+
+@pytest.mark.parametrize("strategy", ["retry", "base"])
+def test_a_refused_request_stops_the_flush_and_keeps_every_batch(
+        clock: FakeClock, sleep: FakeSleep, strategy: str) -> None:
+    # GIVEN 3 batches; the first request is refused (403), later ones would succeed
+    transport = ScriptedTransport(clock, [Reply(403, {"code": 403}), OK, OK])
+    events = make_events(6)
+    chosen = handler(sleep) if strategy == "retry" else BaseRetryHandler()
+    # WHEN sent
+    outcome = run(chosen, transport, events, Deadline.after(5.0, clock), max_events=2)
+    # THEN nothing more is sent after the refusal, and every event is left for overflow
+    assert outcome.attempts == 1 and len(transport.requests) == 1
+    assert outcome.unsettled == {r.REFUSED_FORBIDDEN: events}
+    assert outcome.refused == r.REFUSED_FORBIDDEN
 
 
 def test_retry_after_is_honoured_when_it_fits(clock: FakeClock, sleep: FakeSleep) -> None:
