@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
+from . import _report as r
 from ._checks import positive_seconds
 from ._config import ClientConfig, ClientOptions, redacted_url
 from ._deadline import Deadline
 from ._delivery import Delivery, Route, bound, dropped_for_config, overflow_early
 from ._encoder import EventEncoder
-from ._errors import ConfigError, InvalidEventError
+from ._errors import ConfigError, InvalidEventError, KeyUnavailableError
 from ._events import (
     GROUP_IDENTIFY_EVENT,
     IDENTIFY_EVENT,
@@ -227,7 +228,7 @@ class Amplitude:
         unsettled comes back in the outcome (the replay consumer uses this). `min_id_length`
         overrides the client's request option. Raises ConfigError when no API key is
         configured."""
-        sender = self._route.sender(min_id_length=min_id_length)
+        sender = self._route.sender(deadline=deadline, min_id_length=min_id_length)
         return bound(self._retry, sender).send_events_with_retry(events, deadline)
 
     def _flush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
@@ -246,10 +247,19 @@ class Amplitude:
                 if events and raise_config_error:
                     buffer.put_back(events)
                     raise
-                dropped_for_config(tally, exc)
+                tally = self._undeliverable(events, exc, deadline)
         tally.merge(buffer.take_early())  # events overflowed earlier, past the buffer cap
         report = tally.report(elapsed_ms=(monotonic() - started) * 1000)
         if report.tracked or report.recovered:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
+
+    def _undeliverable(self, events: list[BufferedEvent], exc: ConfigError,
+                       deadline: Deadline) -> Tally:
+        """Events a flush cannot send for want of a key: overflowed when a provider failed
+        (they are sent once it answers), dropped and counted when no key is configured."""
+        if isinstance(exc, KeyUnavailableError):
+            logger.error("amp_lite: %s; %d events are overflowed", exc, len(events))
+            return Delivery(self._route, deadline).overflow(events, r.UNSETTLED_KEY_UNAVAILABLE)
+        return dropped_for_config(Tally(tracked=len(events)), exc)
 

@@ -42,6 +42,9 @@ ENV_ENABLED = "AMP_LITE_ENABLED"
 ENV_SPILL_DIR = "AMP_LITE_SPILL_DIR"
 ENV_QUEUE_URL = "AMP_LITE_OVERFLOW_QUEUE_URL"
 
+MISSING_API_KEY = (f"no Amplitude API key: pass api_key=... to Amplitude() or set "
+                   f"{ENV_API_KEY}")
+
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
@@ -208,9 +211,7 @@ class ClientConfig:
 
     def require_api_key(self) -> str:
         if not self.api_key:
-            raise ConfigError(
-                f"no Amplitude API key: pass api_key=... to Amplitude() or set {ENV_API_KEY}"
-            )
+            raise ConfigError(MISSING_API_KEY)
         return self.api_key
 
     @classmethod

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from . import _report as r
-from ._config import ClientConfig, checked_api_key
+from ._config import MISSING_API_KEY, ClientConfig
 from ._deadline import Deadline
 from ._errors import ConfigError, OverflowWriteError
+from ._key_sources import ProvidedKey, provider_label
 from ._report import Tally
 from ._retry import BaseRetryHandler, Retry, SendOutcome
 from ._sender import Sender
@@ -32,34 +33,38 @@ EARLY_OVERFLOW_BUDGET_S = 1.0  # time given to overflowing a buffer's excess fro
 
 
 class Route:
-    """The parts every flush of one client shares, each built on first use."""
+    """The parts every flush of one client shares: the key, the pooled transport (built on
+    first use) and the overflow sinks (built with the client, so a sink that cannot be built
+    is reported at once). The sinks do not depend on the key: events whose key is not known
+    yet can still be overflowed."""
 
     def __init__(self, config: ClientConfig, overflow: OverflowArgument,
                  transport: Transport | None) -> None:
         self.config = config
         self._overflow = overflow
         self._transport = transport
-        self._sinks: tuple[OverflowSink, ...] | None = None  # they depend on the key
-        self._fetched_api_key: str | None = None
+        provider = config.api_key_provider
+        self._provided = ProvidedKey(provider) if provider is not None else None
+        identity = config.api_key or (provider_label(provider) if provider else None)
+        self._identity = identity  # who the events belong to, without the key itself
+        self._sinks = None if identity is None else resolve_sinks(overflow, identity,
+                                                                   config.server_url)
         self._lock = threading.Lock()  # concurrent flushes (Cloud Functions gen2 threads)
 
     def api_key_known(self) -> bool:
-        return bool(self.config.api_key or self._fetched_api_key)
+        return bool(self.config.api_key or (self._provided and self._provided.known))
 
-    def api_key(self) -> str:
-        """The configured key, or the provider's (asked once; a failure is asked again next
-        time). Raises ConfigError naming what to fix."""
-        provider = self.config.api_key_provider
-        if self.config.api_key or provider is None:
+    def api_key(self, deadline: Deadline | None = None) -> str:
+        """The configured key, or the provider's (within `deadline`). Raises ConfigError
+        naming what to fix; KeyUnavailableError when the provider failed."""
+        if self.config.api_key or self._provided is None:
             return self.config.require_api_key()
-        with self._lock:
-            if self._fetched_api_key is None:
-                self._fetched_api_key = _ask_provider(provider)
-            return self._fetched_api_key
+        return self._provided.get(deadline)
 
-    def sender(self, *, min_id_length: int | None = None) -> Sender:
+    def sender(self, *, deadline: Deadline | None = None,
+               min_id_length: int | None = None) -> Sender:
         """A sender bound to the key; `min_id_length` overrides the client's request option."""
-        api_key = self.api_key()
+        api_key = self.api_key(deadline)
         with self._lock:
             if self._transport is None:
                 from ._http import HttpTransport  # urllib3 loads on the first send
@@ -75,8 +80,9 @@ class Route:
                       request_timeout_s=self.config.request_timeout_s)
 
     def sinks(self) -> tuple[OverflowSink, ...]:
+        """The sinks; ConfigError when the client has neither a key nor a key provider."""
         if self._sinks is None:
-            self._sinks = resolve_sinks(self._overflow, self.api_key(), self.config.server_url)
+            raise ConfigError(MISSING_API_KEY)
         return self._sinks
 
     def close(self) -> None:
@@ -84,18 +90,6 @@ class Route:
             close = getattr(self._transport, "close", None)
             if callable(close):
                 close()
-
-
-def _ask_provider(provider: Callable[[], str]) -> str:
-    try:
-        key = provider()
-    except ConfigError:
-        raise
-    except Exception as exc:  # not retried here; the next flush asks again
-        raise ConfigError(f"api_key: the key provider failed ({type(exc).__name__})") from exc
-    if not isinstance(key, str) or not key.strip():
-        raise ConfigError("api_key: the key provider returned no key")
-    return checked_api_key(key, "api_key (from the key provider)")
 
 
 def bound(retry: Retry, sender: Sender) -> Retry:
@@ -112,8 +106,15 @@ class Delivery:
 
     def run(self, events: list[BufferedEvent], retry: Retry) -> Tally:
         """Deliver, reject or overflow every event. Raises ConfigError, before any event is
-        touched, when the API key is missing or cannot be fetched."""
-        sender = self._route.sender()
+        touched, when the API key is missing or cannot be fetched (KeyUnavailableError)."""
+        try:
+            sender = self._route.sender(deadline=self.deadline)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the HTTP stack cannot be built (urllib3, OpenSSL...)
+            logger.error("amp_lite: cannot send (%s: %s); %d events are overflowed",
+                         type(exc).__name__, exc, len(events))
+            return self.overflow(events, r.UNSETTLED_NO_TRANSPORT)
         tally = Tally(tracked=len(events))
         try:
             self._deliver(events, bound(retry, sender), sender, tally)
@@ -123,8 +124,9 @@ class Delivery:
         return tally
 
     def overflow(self, events: Sequence[BufferedEvent], reason: str) -> Tally:
-        """Write `events` to the sinks now, without sending them (a buffer past its cap):
-        in chunks of at most max_request_events; what no sink takes is dropped."""
+        """Write `events` to the sinks now, without sending them (a buffer past its cap, a
+        key or a transport that is not available): in chunks of at most max_request_events;
+        what no sink takes is dropped."""
         tally = Tally(tracked=len(events))
         step = self._route.config.max_request_events
         for start in range(0, len(events), step):
@@ -161,10 +163,13 @@ class Delivery:
 
     def _write(self, events: Sequence[BufferedEvent], reason: str, attempts: int,
                tally: Tally) -> None:
-        """Each sink in turn takes what the previous ones could not; the rest is dropped."""
+        """Each sink in turn takes what the previous ones could not; the rest is dropped. A
+        sink may use the time left but the reserves of the sinks after it: a hanging SQS must
+        not take the local spill's time too."""
         sinks = self._route.sinks()
-        for sink in sinks:
-            left = self._write_to(sink, events, reason, attempts)
+        for n, sink in enumerate(sinks):
+            later = sum(s.reserve_s for s in sinks[n + 1:])
+            left = self._write_to(sink, events, reason, attempts, self.deadline.shortened_by(later))
             if written := len(events) - len(left):
                 tally.overflowed[reason] += written
                 tally.overflowed_to[sink.name] += written
@@ -177,10 +182,10 @@ class Delivery:
                      reason)
 
     def _write_to(self, sink: OverflowSink, events: Sequence[BufferedEvent], reason: str,
-                  attempts: int) -> Sequence[BufferedEvent]:
+                  attempts: int, deadline: Deadline) -> Sequence[BufferedEvent]:
         """Write to one sink; returns the events it did not take."""
         try:
-            sink.write(events, reason=reason, attempts=attempts, deadline=self.deadline,
+            sink.write(events, reason=reason, attempts=attempts, deadline=deadline,
                        min_id_length=self._route.config.min_id_length)
         except OverflowWriteError as exc:
             logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)

@@ -37,6 +37,11 @@ class ConfigError(AmpLiteError):
     """The client is misconfigured: the message names the argument or environment variable."""
 
 
+class KeyUnavailableError(ConfigError):
+    """The API key's provider failed, or is waiting out a backoff after failing: a flush that
+    cannot raise overflows its events instead, to be delivered once the key is known."""
+
+
 class InvalidEventError(AmpLiteError, ValueError):
     """An event was refused by `track()`: the message names the field and the rule it broke."""
 

@@ -1,54 +1,151 @@
-"""Where the default client's API key comes from: AMPLITUDE_API_KEY, or fetched once, at the
-first flush, from AWS Secrets Manager (AMPLITUDE_API_KEY_SECRET) or SSM Parameter Store
-(AMPLITUDE_API_KEY_PARAMETER) with Powertools' parameters utility.
+"""Where an API key comes from, and how a key provider is asked for it.
+
+The default client's key is AMPLITUDE_API_KEY, or fetched at the first flush from AWS Secrets
+Manager (AMPLITUDE_API_KEY_SECRET) or SSM Parameter Store (AMPLITUDE_API_KEY_PARAMETER) with
+Powertools' parameters utility. A fetch fits the flush's deadline (botocore timeouts from what
+is left, no retries), and a provider that failed is not asked again for a while: without that,
+every invocation of a function whose secret is unreachable would wait for it again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from ._config import ENV_API_KEY
-from ._errors import ConfigError
+from ._config import ENV_API_KEY, checked_api_key
+from ._deadline import Deadline
+from ._errors import ConfigError, KeyUnavailableError
+
+logger = logging.getLogger("amp_lite")
 
 ENV_API_KEY_SECRET = "AMPLITUDE_API_KEY_SECRET"
 ENV_API_KEY_PARAMETER = "AMPLITUDE_API_KEY_PARAMETER"
 SECRET_MAX_AGE_S = 300  # Powertools' default cache TTL; a rotated key is picked up within this
+FETCH_TIMEOUT_S = 5.0  # a fetch with no deadline (a plain provider call outside a flush)
+MIN_FETCH_S = 0.1  # less time than this left: do not start a fetch
+RETRY_AFTER_FAILURE_S = (5.0, 300.0)  # a failed provider waits 5 s, doubling to 5 minutes
 
 
 def api_key_from_environment(
     env: Mapping[str, str] | None = None,
 ) -> str | Callable[[], str] | None:
-    """The key itself, or a function that fetches it from Secrets Manager or SSM once."""
+    """The key itself, or a provider that fetches it from Secrets Manager or SSM."""
     env = os.environ if env is None else env
     if env.get(ENV_API_KEY):
         return env[ENV_API_KEY]
     if env.get(ENV_API_KEY_SECRET):
-        return _fetcher(ENV_API_KEY_SECRET, env[ENV_API_KEY_SECRET])
+        return SecretFetcher(ENV_API_KEY_SECRET, env[ENV_API_KEY_SECRET])
     if env.get(ENV_API_KEY_PARAMETER):
-        return _fetcher(ENV_API_KEY_PARAMETER, env[ENV_API_KEY_PARAMETER])
+        return SecretFetcher(ENV_API_KEY_PARAMETER, env[ENV_API_KEY_PARAMETER])
     return None
 
 
-def _fetcher(variable: str, name: str) -> Callable[[], str]:
-    def fetch() -> str:
-        try:  # Powertools (and boto3 under it) load only here, on the first flush (I6)
-            from aws_lambda_powertools.utilities import parameters
-        except ImportError as exc:
-            raise ConfigError(f"{variable} is set but aws-lambda-powertools (with boto3) is not "
-                              "installed: pip install 'amp-lite[powertools,sqs]'") from exc
+class SecretFetcher:
+    """A key provider reading a Secrets Manager secret or an SSM parameter, within a deadline.
+
+    `label` identifies it across processes (the variable and the secret's name, never the
+    key): the local spill of a client whose key is not known yet is found by it.
+    """
+
+    def __init__(self, variable: str, name: str) -> None:
+        self.variable = variable
+        self.name = name
+        self.label = f"{variable}={name}"
+
+    def __repr__(self) -> str:
+        return f"SecretFetcher({self.label!r})"
+
+    def __call__(self, deadline: Deadline | None = None) -> str:
+        budget = FETCH_TIMEOUT_S if deadline is None else deadline.remaining_s()
+        if budget < MIN_FETCH_S:
+            raise ConfigError(f"{self.label!s}: no time left in this flush to fetch the API key")
+        provider = self._provider(budget / 2)  # connect and read: together within the budget
         try:
-            if variable == ENV_API_KEY_SECRET:
-                value = parameters.get_secret(name, max_age=SECRET_MAX_AGE_S)
+            if self.variable == ENV_API_KEY_SECRET:
+                value = provider.get(self.name, max_age=SECRET_MAX_AGE_S)
             else:
-                value = parameters.get_parameter(name, decrypt=True, max_age=SECRET_MAX_AGE_S)
+                value = provider.get(self.name, decrypt=True, max_age=SECRET_MAX_AGE_S)
         except Exception as exc:
-            raise ConfigError(f"{variable}={name!r}: could not fetch the API key "
+            raise ConfigError(f"{self.variable}={self.name!r}: could not fetch the API key "
                               f"({type(exc).__name__})") from exc
         if isinstance(value, bytes):
             value = value.decode()
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{variable}={name!r}: the secret holds no API key")
+            raise ConfigError(f"{self.variable}={self.name!r}: the secret holds no API key")
         return value.strip()
 
-    return fetch
+    def _provider(self, timeout_s: float) -> Any:
+        try:  # Powertools (and boto3 under it) load only here, on the first flush (I6)
+            from aws_lambda_powertools.utilities import parameters
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ConfigError(f"{self.variable} is set but aws-lambda-powertools (with boto3) "
+                              "is not installed: pip install 'amp-lite[powertools,sqs]'") from exc
+        config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+                        retries={"total_max_attempts": 1, "mode": "standard"})
+        if self.variable == ENV_API_KEY_SECRET:
+            return parameters.SecretsProvider(boto_config=config)
+        return parameters.SSMProvider(boto_config=config)
+
+
+def provider_label(provider: Callable[..., str]) -> str:
+    """What names a key provider without its key: SecretFetcher's label, else its module and
+    qualified name (so give different providers different names)."""
+    label = getattr(provider, "label", None)
+    if isinstance(label, str):
+        return label
+    kind = provider if hasattr(provider, "__qualname__") else type(provider)
+    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+
+
+class ProvidedKey:
+    """The key a provider gives, asked once and kept; after a failure, not asked again until
+    a backoff has passed (KeyUnavailableError until then, at once)."""
+
+    def __init__(self, provider: Callable[..., str]) -> None:
+        self._provider = provider
+        self._key: str | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._lock = threading.Lock()  # one fetch at a time (Cloud Functions gen2 threads)
+
+    @property
+    def known(self) -> bool:
+        return self._key is not None
+
+    def get(self, deadline: Deadline | None = None) -> str:
+        with self._lock:
+            if self._key is None:
+                self._key = self._fetch(deadline)
+            return self._key
+
+    def _fetch(self, deadline: Deadline | None) -> str:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            raise KeyUnavailableError(f"{self._last_error}; the key provider is asked again in "
+                                      f"{wait:.0f} s")
+        try:
+            return checked_api_key(self._call(deadline), "api_key (from the key provider)")
+        except Exception as exc:
+            error = exc if isinstance(exc, ConfigError) else ConfigError(
+                f"api_key: the key provider failed ({type(exc).__name__})")
+            self._failed(str(error))
+            raise KeyUnavailableError(str(error)) from exc
+
+    def _call(self, deadline: Deadline | None) -> object:
+        if isinstance(self._provider, SecretFetcher):
+            return self._provider(deadline)
+        return self._provider()  # a provider of yours: it cannot be interrupted
+
+    def _failed(self, error: str) -> None:
+        first, longest = RETRY_AFTER_FAILURE_S
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(longest, first * 2 ** (self._failures - 1))
+        self._last_error = error
+        logger.error("amp_lite: %s (failure %d; next attempt in %.0f s)", error, self._failures,
+                     self._retry_at - time.monotonic())

@@ -25,8 +25,9 @@ from typing import Any
 
 from ._client import Amplitude
 from ._deadline import Deadline
-from ._errors import AmpLiteError
+from ._errors import AmpLiteError, KeyUnavailableError
 from ._key_sources import api_key_from_environment
+from ._report import UNSETTLED_KEY_UNAVAILABLE
 from ._retry import SendOutcome
 from ._wire import BufferedEvent
 from ._wrap import DEFAULT_MARGIN_MS
@@ -84,8 +85,12 @@ def replay_records(records: Sequence[ReplayRecord], client: Amplitude,
             group.setdefault(_key(event), event)
     unsettled: dict[_Key, str] = {}
     for min_id_length, group in groups.items():
-        outcome = client.send_events(list(group.values()), deadline,
-                                     min_id_length=min_id_length)
+        try:
+            outcome = client.send_events(list(group.values()), deadline,
+                                         min_id_length=min_id_length)
+        except KeyUnavailableError as exc:  # the records come back once the key is known
+            logger.error("amp_lite replay: %s; the records stay queued", exc)
+            outcome = SendOutcome(unsettled={UNSETTLED_KEY_UNAVAILABLE: list(group.values())})
         unsettled.update(_count_outcome(outcome, result))
     for message_id, keys in per_record.items():
         reasons = Counter(unsettled[k] for k in keys if k in unsettled)
