@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -225,3 +227,79 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and 0 <= seconds < 86_400 else None
+
+
+# -- any request, bounded as a whole: what SQSOverflow sends the requests botocore signed with --
+
+@dataclass(frozen=True)
+class RawReply:
+    """A whole HTTP reply, read within its deadline."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class BoundedHttp:
+    """Pooled, verified HTTP whose every exchange (connect, send, every receive) is bounded as
+    a whole by a deadline, like HttpTransport's attempts, for requests other than Amplitude's."""
+
+    def __init__(self, *, ca_certs: str | None = None) -> None:
+        self._pool = urllib3.PoolManager(
+            num_pools=2, maxsize=POOL_MAXSIZE, block=False, retries=False,
+            cert_reqs="CERT_REQUIRED", ca_certs=ca_certs,
+        )
+        self._pool.pool_classes_by_scheme = {"http": _DeadlineHTTPPool,
+                                             "https": _DeadlineHTTPSPool}
+
+    def request(self, method: str, url: str, *, body: bytes, headers: Mapping[str, str],
+                deadline: Deadline) -> RawReply:
+        """The reply, read whole by `deadline`. Raises TimeoutError (or urllib3's timeout
+        errors) when the deadline passes, urllib3's HTTPError or OSError when the exchange
+        fails."""
+        if deadline.expired():
+            raise TimeoutError("amp_lite: no time left for the request")
+        token = _attempt_deadline.set(deadline)
+        try:
+            response = self._open(method, url, body, headers, deadline)
+            return RawReply(response.status, dict(response.headers), _read_whole(response))
+        finally:
+            _attempt_deadline.reset(token)
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def _open(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+              deadline: Deadline) -> Any:
+        """Send the request and read the reply's head. A kept-alive connection found closed
+        before any reply (often while the sandbox was frozen) is replaced once, at once."""
+        try:
+            return self._send_request(method, url, body, headers, deadline)
+        except ProtocolError:
+            if deadline.expired():
+                raise
+            logger.debug("amp_lite: connection dropped before a reply; resending at once")
+            return self._send_request(method, url, body, headers, deadline)
+
+    def _send_request(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+                      deadline: Deadline) -> Any:
+        budget = max(deadline.remaining_s(), 0.001)
+        return self._pool.request(
+            method, url, body=body, headers=dict(headers), redirect=False, retries=False,
+            timeout=urllib3.Timeout(connect=budget, read=budget), preload_content=False,
+        )
+
+
+def _read_whole(response: Any) -> bytes:
+    data = bytearray()
+    try:
+        while chunk := response.read(READ_CHUNK_BYTES):  # each receive: _DeadlineSocket
+            data += chunk
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise HTTPError(f"amp_lite: reply over {MAX_RESPONSE_BYTES} bytes")
+    except BaseException:
+        response.close()  # a half-read connection must never be reused
+        raise
+    finally:
+        response.release_conn()
+    return bytes(data)

@@ -1,9 +1,17 @@
 """SQSOverflow: durable overflow to an SQS queue, replayed later by `amp_lite.replay`.
 
 boto3 is imported at the first write (invariant I6): from the `sqs` extra, or the Lambda
-runtime's own. Every write is bounded by the time the flush reserved for it: botocore's connect
-and read timeouts come from what is left, and botocore does not retry on its own (failed entries
-are retried here, while time allows).
+runtime's own. amp-lite's own client lets botocore resolve the endpoint, region and credentials
+(exactly as boto3 does: AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL, AWS_REGION...), serialize, sign
+and parse, but sends each request itself (botocore's documented `before-send` event) through
+`_http.BoundedHttp`: connect, send and every receive are bounded as a whole by the write's
+deadline (I3). botocore's own read timeout applies to each receive, so an endpoint trickling
+its reply a byte at a time could hold a flush for as long as it liked. Two exceptions, where
+botocore's timeouts apply (per receive): a user's `sqs_client`, used as it is, and a proxy
+(HTTPS_PROXY...), which BoundedHttp does not speak.
+
+An entry counts as written only when the reply confirms its Id under `Successful`: a 2xx with
+an empty body, `{}` or a proxy's HTML page writes nothing, and the events go to the next sink.
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._deadline import Deadline
-from .._errors import ConfigError, OverflowWriteError
+from .._errors import ConfigError, OverflowWriteError, brief
 from .._wire import BufferedEvent
 from ._message import OverflowMessage, fits_in_a_message, pack_batches, pack_messages
 
@@ -24,33 +35,38 @@ logger = logging.getLogger("amp_lite")
 
 DEFAULT_RESERVE_S = 0.5  # an in-region SendMessageBatch takes tens of milliseconds
 MAX_SEND_ROUNDS = 3  # per batch: the first send and up to two resends of Failed entries
-# botocore clients are cached per timeout step: building one costs ~20 ms, and the reserve is
-# usually the same from flush to flush, so one or two clients serve a whole environment.
-TIMEOUT_STEPS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+MIN_CALL_S = 0.05  # no call starts with less left: not even an in-region round trip fits
 _REGION_IN_URL = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", re.IGNORECASE)
+_QUEUE_PATH = re.compile(r"/[0-9]{12}/[A-Za-z0-9_-]{1,80}(?:\.fifo)?")
+MAX_QUEUE_NAME = 80  # SQS: the .fifo suffix included
+EXPECTED_QUEUE_URL = ("https://sqs.<region>.amazonaws.com/<account-id>/<queue-name> (or, for "
+                      "local testing with moto or LocalStack, an endpoint URL ending in "
+                      "/<account-id>/<queue-name>)")
+
+# The deadline of the write in progress in this context (thread), read by the before-send hook.
+_write_deadline: ContextVar[Deadline | None] = ContextVar("amp_lite_sqs_deadline", default=None)
 
 
 class SQSOverflow:
     """Overflow to the SQS queue at `queue_url`.
 
-    `sqs_client`: a boto3 SQS client to use as it is (its own timeouts and retries apply);
-    by default amp-lite builds its own with timeouts taken from the reserved time.
+    `sqs_client`: a boto3 SQS client to use as it is: its own timeouts and retries apply, and
+    botocore's read timeout bounds each receive, not the call. By default amp-lite builds its
+    own, whose every call is bounded as a whole by the flush's deadline.
     """
 
     name = "sqs"
 
     def __init__(self, queue_url: str, *, sqs_client: Any = None,
                  reserve_s: float = DEFAULT_RESERVE_S, region_name: str | None = None) -> None:
-        if not isinstance(queue_url, str) or not queue_url.startswith(("https://", "http://")):
-            raise ConfigError(f"SQSOverflow queue_url: must be an SQS queue URL, got {queue_url!r}")
+        check_queue_url(queue_url)
         if not reserve_s > 0:
             raise ConfigError(f"SQSOverflow reserve_s: must be positive, got {reserve_s!r}")
         self.queue_url = queue_url
         self.reserve_s = reserve_s
-        self._given_client = sqs_client
         match = _REGION_IN_URL.match(queue_url)
         self._region = region_name or (match.group(1) if match else None)
-        self._clients: dict[float, Any] = {}
+        self._client = sqs_client  # ours is built at the first write
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -73,8 +89,7 @@ class SQSOverflow:
         unwritten: list[BufferedEvent] = list(too_large)
         failed = False  # after a batch fails, the rest are not tried: SQS is in trouble
         for batch in pack_batches(messages):
-            left = (list(batch) if failed or deadline.expired()
-                    else self._send_batch(batch, deadline))
+            left = batch if failed else self._send_batch(batch, deadline)
             failed = failed or bool(left)
             unwritten.extend(e for m in left for e in m.events)
         if unwritten:
@@ -84,57 +99,187 @@ class SQSOverflow:
 
     def _send_batch(self, batch: list[OverflowMessage],
                     deadline: Deadline) -> list[OverflowMessage]:
-        """Send one SendMessageBatch; resend its Failed entries while time allows.
-        Returns the messages that were not written."""
-        pending = {f"m{i}": message for i, message in enumerate(batch)}  # ids: [A-Za-z0-9_-]
+        """Send one SendMessageBatch; resend its entries that failed transiently while time
+        allows. Returns the messages not confirmed as written, in order."""
+        entries = {f"m{i}": message for i, message in enumerate(batch)}  # ids: [A-Za-z0-9_-]
+        written: set[str] = set()
+        pending = dict(entries)
         for _ in range(MAX_SEND_ROUNDS):
-            if deadline.expired():
+            reply = self._call(pending, deadline) if pending else None
+            if reply is None:
                 break
-            client = self._client(deadline)  # OverflowWriteError when boto3 is missing
-            try:
-                reply = client.send_message_batch(
+            confirmed, failed = entry_results(reply, pending)
+            written |= confirmed
+            _log_unwritten(pending, confirmed, failed)
+            # SenderFault: refused for good (resending the same entry cannot help); neither
+            # confirmed nor failed: the reply cannot be trusted. Both go to the next sink.
+            pending = {i: m for i, m in pending.items()
+                       if i in failed and not failed[i].get("SenderFault")}
+        return [m for i, m in entries.items() if i not in written]
+
+    def _call(self, pending: Mapping[str, OverflowMessage], deadline: Deadline) -> Any:
+        """One SendMessageBatch call: its reply; None when there was no time to make it, or it
+        failed (logged)."""
+        client = self._sqs()  # OverflowWriteError when boto3 is missing
+        if deadline.remaining_s() < MIN_CALL_S:
+            return None
+        try:
+            with _bounded_by(deadline):
+                return client.send_message_batch(
                     QueueUrl=self.queue_url,
                     Entries=[{"Id": entry_id, "MessageBody": m.body,
                               "MessageAttributes": dict(m.attributes)}
                              for entry_id, m in pending.items()])
-            except Exception as exc:  # botocore's errors: endpoint, timeout, credentials...
-                logger.warning("amp_lite: SQS SendMessageBatch failed (%s)", type(exc).__name__)
-                break
-            failed = {f.get("Id"): f for f in reply.get("Failed", [])}
-            for entry in failed.values():
-                logger.warning("amp_lite: SQS refused an entry: %s %s (sender fault: %s)",
-                               entry.get("Code"), entry.get("Message", "")[:200],
-                               entry.get("SenderFault"))
-            pending = {i: m for i, m in pending.items() if i in failed}
-            if not pending or all(f.get("SenderFault") for f in failed.values()):
-                break  # done, or refused for good: resending the same entry cannot help
-        return list(pending.values())
+        except Exception as exc:  # botocore's and urllib3's: endpoint, timeout, credentials...
+            logger.warning("amp_lite: SQS SendMessageBatch failed (%s)", type(exc).__name__)
+            return None
 
-    def _client(self, deadline: Deadline) -> Any:
-        if self._given_client is not None:
-            return self._given_client
-        # Connect and read each get at most half of what is left: together, never more.
-        half = deadline.remaining_s() / 2
-        step = max((s for s in TIMEOUT_STEPS_S if s <= half), default=None)
-        if step is None:
-            raise OverflowWriteError("no time left to write to SQS")
+    def _sqs(self) -> Any:
         with self._lock:
-            client = self._clients.get(step)
-            if client is None:
-                client = self._clients[step] = _build_client(step, self._region)
-            return client
+            if self._client is None:
+                self._client = _build_client(self._region, self.reserve_s)
+            return self._client
 
 
-def _build_client(timeout_s: float, region: str | None) -> Any:
+def check_queue_url(queue_url: Any) -> None:
+    """Refuse, at construction, anything that is not a queue URL (an ARN, a queue name...)."""
+    problem = _queue_url_problem(queue_url)
+    if problem:
+        raise ConfigError(f"SQSOverflow queue_url: {problem}; expected {EXPECTED_QUEUE_URL}")
+
+
+def _queue_url_problem(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return f"must be a string, got {type(url).__name__}"
+    if not url:
+        return "is empty"
+    if url.startswith("arn:"):
+        return f"{brief(url)} is an ARN, not a queue URL"
+    if url != url.strip():
+        return f"{brief(url)} has spaces around it"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises ValueError for a bad one
+    except ValueError:
+        return f"{brief(url)} is not a URL"
+    if parts.scheme not in ("https", "http"):
+        return f"{brief(url)} does not start with https:// (or http:// for a local endpoint)"
+    if not host:
+        return f"{brief(url)} has no host"
+    name = parts.path.rsplit("/", 1)[-1]
+    if (parts.query or parts.fragment or not _QUEUE_PATH.fullmatch(parts.path)
+            or len(name) > MAX_QUEUE_NAME):
+        return (f"{brief(url)} does not end in /<account-id>/<queue-name> (a 12-digit account "
+                f"id, then up to 80 letters, digits, - or _, .fifo included)")
+    return None
+
+
+def entry_results(reply: Any, sent: Collection[str]) -> tuple[set[str], dict[str, Any]]:
+    """The ids among `sent` that `reply` confirms as written (`Successful`, with a MessageId),
+    and its `Failed` entries by id. Anything else confirms nothing."""
+    if not isinstance(reply, Mapping):
+        return set(), {}
+    confirmed = {e["Id"] for e in _entries(reply, "Successful")
+                 if e["Id"] in sent and isinstance(e.get("MessageId"), str)}
+    failed = {e["Id"]: e for e in _entries(reply, "Failed")
+              if e["Id"] in sent and e["Id"] not in confirmed}
+    return confirmed, failed
+
+
+def _entries(reply: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    listed = reply.get(key)
+    if not isinstance(listed, list):
+        return []
+    return [e for e in listed if isinstance(e, Mapping) and isinstance(e.get("Id"), str)]
+
+
+def _log_unwritten(pending: Mapping[str, OverflowMessage], confirmed: set[str],
+                   failed: Mapping[str, Any]) -> None:
+    for entry in failed.values():
+        logger.warning("amp_lite: SQS refused an entry: %s %s (sender fault: %s)",
+                       entry.get("Code"), str(entry.get("Message", ""))[:200],
+                       entry.get("SenderFault"))
+    unanswered = len(pending) - len(confirmed) - len(failed)
+    if unanswered:
+        logger.warning("amp_lite: SQS's reply confirmed %d of %d entries and failed %d; the "
+                       "other %d count as unwritten", len(confirmed), len(pending),
+                       len(failed), unanswered)
+
+
+@contextmanager
+def _bounded_by(deadline: Deadline) -> Iterator[None]:
+    token = _write_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _write_deadline.reset(token)
+
+
+def _build_client(region: str | None, reserve_s: float) -> Any:
     try:
         import boto3
+        import botocore.session
         from botocore.config import Config
     except ImportError as exc:
         raise OverflowWriteError("SQSOverflow needs boto3: pip install 'amp-lite[sqs]'") from exc
-    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+    core = botocore.session.get_session()
+    # No retries of botocore's own: Failed entries are resent here, while time allows. Its
+    # timeouts only matter when it sends itself (through a proxy: _use_bounded_http).
+    config = Config(connect_timeout=reserve_s, read_timeout=reserve_s,
                     retries={"total_max_attempts": 1, "mode": "standard"})
     try:
-        return boto3.session.Session().client("sqs", region_name=region, config=config)
+        client = boto3.session.Session(botocore_session=core).client(
+            "sqs", region_name=region, config=config)
     except Exception as exc:  # NoRegionError and friends
         raise OverflowWriteError(f"could not create an SQS client ({type(exc).__name__}: "
                                  f"{exc}); set AWS_REGION") from exc
+    _use_bounded_http(client, core)
+    return client
+
+
+def _use_bounded_http(client: Any, core: Any) -> None:
+    """Make `client` send through BoundedHttp, unless botocore would go through a proxy
+    (HTTPS_PROXY...), which BoundedHttp does not speak: then botocore sends, per-receive
+    timeouts and all."""
+    from botocore.httpsession import get_cert_path
+    from botocore.utils import get_environ_proxies
+
+    from .._http import BoundedHttp
+
+    if get_environ_proxies(client.meta.endpoint_url):
+        logger.warning("amp_lite: SQS goes through a proxy: its writes are bounded per receive "
+                       "(%.2f s), not as a whole", client.meta.config.read_timeout)
+        return
+    # The certificates botocore would trust: AWS_CA_BUNDLE / ca_bundle, else its own bundle.
+    http = BoundedHttp(ca_certs=core.get_config_variable("ca_bundle") or get_cert_path(True))
+    client.meta.events.register("before-send.sqs", _BoundedSender(http))
+
+
+class _BoundedSender:
+    """botocore's before-send hook: sends the signed request within the write's deadline and
+    hands botocore the reply to parse."""
+
+    def __init__(self, http: Any) -> None:
+        self._http = http
+
+    def __call__(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        deadline = _write_deadline.get()
+        if deadline is None:  # only _call uses this client, always within a deadline
+            raise TimeoutError("amp_lite: an SQS request outside a write")
+        body = request.body or b""
+        reply = self._http.request(
+            request.method, request.url, headers=dict(request.headers.items()),
+            body=body.encode() if isinstance(body, str) else body, deadline=deadline)
+        return AWSResponse(request.url, reply.status, reply.headers, _Body(reply.body))
+
+
+class _Body:
+    """The already-read body, as AWSResponse reads it (`raw.stream()`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        yield self._data

@@ -298,7 +298,7 @@ def test_entries_failed_with_sender_fault_are_not_resent_and_fall_through(
     stub = StubSQS(fail_calls=[0], sender_fault=True)
     spill = LocalSpill(tmp_path / "spill")
     client = Amplitude(API_KEY, server_url=outage.url, retry=OfflineRetryHandler(),
-                       overflow=[SQSOverflow("https://sqs.us-east-1.amazonaws.com/1/q",
+                       overflow=[SQSOverflow("https://sqs.us-east-1.amazonaws.com/123456789012/q",
                                              sqs_client=stub), spill],
                        flush_timeout_s=5.0)
     tracked = track_many(client, 9, big=True)
@@ -325,7 +325,7 @@ def test_entries_failed_without_sender_fault_are_resent_through_the_client(
     stub = StubSQS(fail_first_rounds=1, sender_fault=False)
     spill = LocalSpill(tmp_path / "spill")
     client = Amplitude(API_KEY, server_url=outage.url, retry=OfflineRetryHandler(),
-                       overflow=[SQSOverflow("https://sqs.us-east-1.amazonaws.com/1/q",
+                       overflow=[SQSOverflow("https://sqs.us-east-1.amazonaws.com/123456789012/q",
                                              sqs_client=stub), spill],
                        flush_timeout_s=5.0)
     tracked = track_many(client, 9, big=True)
@@ -339,6 +339,32 @@ def test_entries_failed_without_sender_fault_are_resent_through_the_client(
     assert report.overflowed_to == {"sqs": 9}
     assert len(stub.calls) == 4  # three requests' worth of events, the first sent twice
     assert stub.calls[1]["Entries"] == stub.calls[0]["Entries"]
+
+
+@pytest.mark.parametrize("reply", [
+    {}, {"Successful": []}, {"Successful": [], "Failed": []},
+    {"Successful": [{"Id": "m7", "MessageId": "x"}]}, {"Successful": "m0"},
+    {"Successful": [None, "m0", {"MessageId": "x"}]}, {"message": "<html>proxy</html>"}, None,
+], ids=["empty", "no-successful", "neither", "other-id", "not-a-list", "junk-entries",
+        "html", "none"])
+def test_entries_the_reply_does_not_confirm_are_unwritten_and_not_resent(reply: Any) -> None:
+    # GIVEN a (user-supplied) SQS client whose reply confirms none of the entries sent
+    class Unconfirming(StubSQS):
+        def send_message_batch(self, **kw: Any) -> Any:
+            self.calls.append(kw)
+            return reply
+
+    stub = Unconfirming()
+    sink = SQSOverflow("https://sqs.us-east-1.amazonaws.com/123456789012/q", sqs_client=stub)
+    events = big_events(6)  # two messages, one SendMessageBatch call each
+
+    # WHEN events are written
+    with pytest.raises(OverflowWriteError) as caught:
+        sink.write(events, reason="deadline", attempts=1, deadline=Deadline.after(5.0))
+
+    # THEN every event is unwritten, for the next sink; SQS is not asked again
+    assert list(caught.value.unwritten or []) == events
+    assert len(stub.calls) == 1
 
 
 # -- configuration and lazy import -------------------------------------------------------------
@@ -484,34 +510,100 @@ def test_batches_left_when_the_deadline_passes_are_returned_as_unwritten() -> No
     assert list(caught.value.unwritten) == events[3:]
 
 
-def test_botocore_timeouts_never_exceed_the_time_left(
-        closed_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # GIVEN an SQS sink whose botocore clients are observed as they are built
+def test_no_sqs_call_starts_without_time_for_it() -> None:
+    # GIVEN an SQS sink on a stub client, and less than MIN_CALL_S left (fake clock)
+    from amp_lite.overflow._sqs import MIN_CALL_S
+
+    stub = StubSQS()
+    sink = SQSOverflow("https://sqs.us-east-1.amazonaws.com/123456789012/q", sqs_client=stub)
+    events = big_events(3)
+
+    # WHEN it writes
+    with pytest.raises(OverflowWriteError) as caught:
+        sink.write(events, reason="deadline", attempts=1,
+                   deadline=Deadline.after(MIN_CALL_S * 0.8, SteppingClock()))
+
+    # THEN no call was made, and every event is handed back
+    assert stub.calls == []
+    assert list(caught.value.unwritten or []) == events
+
+
+def test_one_client_of_ours_serves_every_write(
+        queue_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN an SQS sink whose botocore clients are counted as they are built
     import amp_lite.overflow._sqs as sqs_module
 
-    built: list[float] = []
+    built: list[str | None] = []
     real_build = sqs_module._build_client
 
-    def spy(timeout_s: float, region: str | None) -> Any:
-        built.append(timeout_s)
-        return real_build(timeout_s, region)
+    def spy(region: str | None, reserve_s: float) -> Any:
+        built.append(region)
+        return real_build(region, reserve_s)
 
     monkeypatch.setattr(sqs_module, "_build_client", spy)
-    clock = SteppingClock()
-    sink = SQSOverflow(closed_endpoint)
+    sink = SQSOverflow(queue_url)
+
+    # WHEN it writes three times, with different time left
+    for i, left in enumerate((5.0, 0.4, 1.5)):
+        event = BufferedEvent(json.dumps({"event_type": "E", "user_id": "user-1",
+                                          "insert_id": f"w{i}"}).encode(), f"w{i}", "user-1",
+                              None)
+        sink.write([event], reason="deadline", attempts=1, deadline=Deadline.after(left))
+
+    # THEN one client was built (timeouts no longer depend on the time left) and all arrived
+    assert len(built) == 1
+    assert sorted(ids_in(receive_all(queue_url))) == ["w0", "w1", "w2"]
+
+
+def test_writing_through_our_own_client_starts_no_thread(
+        queue_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN Thread.start and _thread.start_new_thread recorded when called from this thread
+    # (moto's server starts its handler threads from its own)
+    import _thread
+    import threading
+
+    owner, started = threading.get_ident(), []
+    thread_start, raw_start = threading.Thread.start, _thread.start_new_thread
+
+    def recording_start(thread: threading.Thread) -> None:
+        if threading.get_ident() == owner:
+            started.append(thread.name)
+        thread_start(thread)
+
+    def recording_raw(function: Any, *args: Any) -> int:
+        if threading.get_ident() == owner:
+            started.append(repr(function))
+        return raw_start(function, *args)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    monkeypatch.setattr(_thread, "start_new_thread", recording_raw)
+    sink = SQSOverflow(queue_url)
+
+    # WHEN it builds its client and writes (through the bounded transport)
+    sink.write(big_events(1), reason="deadline", attempts=1, deadline=Deadline.after(5.0))
+
+    # THEN the event arrived and no thread was started (I1)
+    assert ids_in(receive_all(queue_url)) == ["big-000"]
+    assert started == []
+
+
+def test_a_user_supplied_boto3_client_is_used_as_it_is(
+        queue_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a boto3 client of the user's own
+    import boto3
+
+    import amp_lite.overflow._sqs as sqs_module
+
+    monkeypatch.setattr(sqs_module, "_build_client", None)  # building one of ours would fail
+    own = boto3.client("sqs")
+    sink = SQSOverflow(queue_url, sqs_client=own)
     event = big_events(1)
 
-    # WHEN it writes with 0.3 s left (a fake clock; the closed endpoint refuses at once)
-    with pytest.raises(OverflowWriteError):
-        sink.write(event, reason="deadline", attempts=1, deadline=Deadline.after(0.3, clock))
-    # THEN connect + read timeouts together fit in what was left
-    assert built and 2 * max(built) <= 0.3
+    # WHEN the sink writes
+    sink.write(event, reason="deadline", attempts=1, deadline=Deadline.after(5.0))
 
-    # WHEN only 0.05 s is left: no client is built and nothing is attempted
-    built.clear()
-    with pytest.raises(OverflowWriteError, match="no time left"):
-        sink.write(event, reason="deadline", attempts=1, deadline=Deadline.after(0.05, clock))
-    assert built == []
+    # THEN it went through that client, to the queue
+    assert ids_in(receive_all(queue_url)) == [event[0].insert_id]
 
 
 def test_an_event_too_large_for_sqs_is_unwritten_and_the_others_are_written() -> None:
