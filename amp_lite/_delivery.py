@@ -117,7 +117,7 @@ class Delivery:
             return self.overflow(events, r.UNSETTLED_NO_TRANSPORT)
         tally = Tally(tracked=len(events))
         try:
-            self._deliver(events, bound(retry, sender), sender, tally)
+            self._deliver(events, retry, sender, tally)
         except Exception:  # a bug of ours must not lose events silently or reach the handler
             logger.exception("amp_lite: internal error during flush")
             tally.dropped[r.DROPPED_INTERNAL] += tally.tracked + tally.recovered - tally.settled
@@ -130,7 +130,8 @@ class Delivery:
         tally = Tally(tracked=len(events))
         step = self._route.config.max_request_events
         for start in range(0, len(events), step):
-            self._write(events[start:start + step], reason, 0, tally)
+            self._write(events[start:start + step], reason, 0, self._route.config.min_id_length,
+                        tally)
         return tally
 
     def _deliver(self, events: list[BufferedEvent], retry: Retry, sender: Sender,
@@ -139,13 +140,23 @@ class Delivery:
         claim = self._claim_spill(sinks)  # events an earlier flush could not deliver
         recovered = claim.events if claim else []
         tally.recovered = len(recovered)
-        batch = recovered + events
-        if batch:
-            reserve = sum(sink.reserve_s for sink in sinks)
-            outcome = retry.send_events_with_retry(batch, self.deadline.shortened_by(reserve))
-            self._settle(outcome, len(batch), sender, tally)
+        reserve = sum(sink.reserve_s for sink in sinks)  # after the claim: it measures the spill
+        if claim and claim.min_id_length not in (None, sender.min_id_length):
+            # tracked under another min_id_length option: sent (and re-spilled) with it
+            spill_sender = self._route.sender(deadline=self.deadline,
+                                              min_id_length=claim.min_id_length)
+            self._send(recovered, retry, spill_sender, reserve, tally)
+            recovered = []
+        self._send(recovered + events, retry, sender, reserve, tally)
         if claim:
-            claim.complete()
+            claim.complete(deadline=self.deadline)
+
+    def _send(self, batch: list[BufferedEvent], retry: Retry, sender: Sender, reserve: float,
+              tally: Tally) -> None:
+        if batch:
+            outcome = bound(retry, sender).send_events_with_retry(
+                batch, self.deadline.shortened_by(reserve))
+            self._settle(outcome, len(batch), sender, tally)
 
     def _settle(self, outcome: SendOutcome, sent: int, sender: Sender, tally: Tally) -> None:
         tally.attempts += outcome.attempts
@@ -155,21 +166,22 @@ class Delivery:
         for reason, unsettled in outcome.unsettled.items():
             tally.deadline_hit |= reason == r.UNSETTLED_DEADLINE
             for chunk in sender.batches(unsettled):  # request-sized: a replay resends as is
-                self._write(chunk, reason, outcome.attempts, tally)
+                self._write(chunk, reason, outcome.attempts, sender.min_id_length, tally)
         if outcome.settled != sent:  # a custom strategy lost track of events: count them, loudly
             logger.error("amp_lite: retry strategy accounted for %d of %d events",
                          outcome.settled, sent)
             tally.dropped[r.DROPPED_INTERNAL] += sent - outcome.settled
 
     def _write(self, events: Sequence[BufferedEvent], reason: str, attempts: int,
-               tally: Tally) -> None:
+               min_id_length: int | None, tally: Tally) -> None:
         """Each sink in turn takes what the previous ones could not; the rest is dropped. A
         sink may use the time left but the reserves of the sinks after it: a hanging SQS must
         not take the local spill's time too."""
         sinks = self._route.sinks()
         for n, sink in enumerate(sinks):
             later = sum(s.reserve_s for s in sinks[n + 1:])
-            left = self._write_to(sink, events, reason, attempts, self.deadline.shortened_by(later))
+            left = self._write_to(sink, events, reason, attempts, min_id_length,
+                                  self.deadline.shortened_by(later))
             if written := len(events) - len(left):
                 tally.overflowed[reason] += written
                 tally.overflowed_to[sink.name] += written
@@ -182,11 +194,12 @@ class Delivery:
                      reason)
 
     def _write_to(self, sink: OverflowSink, events: Sequence[BufferedEvent], reason: str,
-                  attempts: int, deadline: Deadline) -> Sequence[BufferedEvent]:
+                  attempts: int, min_id_length: int | None,
+                  deadline: Deadline) -> Sequence[BufferedEvent]:
         """Write to one sink; returns the events it did not take."""
         try:
             sink.write(events, reason=reason, attempts=attempts, deadline=deadline,
-                       min_id_length=self._route.config.min_id_length)
+                       min_id_length=min_id_length)
         except OverflowWriteError as exc:
             logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)
             return events if exc.unwritten is None else list(exc.unwritten)
@@ -201,9 +214,11 @@ class Delivery:
         for sink in sinks:
             if isinstance(sink, RecoverableSink):
                 try:
-                    claim = sink.claim(max_events=self._route.config.max_request_events)
-                except OSError:
-                    logger.warning("amp_lite: could not read the spill of %s", sink.name)
+                    claim = sink.claim(max_events=self._route.config.max_request_events,
+                                       deadline=self.deadline)
+                except Exception as exc:  # OSError, or a sink of yours with another signature
+                    logger.warning("amp_lite: could not read the spill of %s (%s)", sink.name,
+                                   type(exc).__name__)
                     continue
                 if claim is not None:
                     return claim

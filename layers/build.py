@@ -13,6 +13,7 @@ building twice gives the same sha256.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
 FORBIDDEN = ("boto3", "botocore", "s3transfer")
 # Installer metadata that records where and how the build ran: not reproducible, not needed.
 VOLATILE_METADATA = ("direct_url.json", "INSTALLER", "REQUESTED")
+SOURCE_FILES = ("pyproject.toml", "README.md")  # with amp_lite/: what the wheel is built from
 
 
 def build_tree(python_dir: Path) -> None:
@@ -40,12 +42,20 @@ def build_tree(python_dir: Path) -> None:
            "--implementation", "cp", "--python-version", TARGET_PYTHON,
            "--only-binary=:all:", *(f"--platform={p}" for p in PLATFORMS)]
     subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
-    # amp_lite itself from this checkout, without resolving its dependencies again.
-    with tempfile.TemporaryDirectory() as wheel_dir:
+    # amp_lite itself from a clean copy of this checkout (setuptools would reuse a stale
+    # build/ directory, shipping modules that no longer exist), without resolving its
+    # dependencies again.
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "source"
+        source.mkdir()
+        for name in SOURCE_FILES:
+            shutil.copy2(REPO_ROOT / name, source / name)
+        shutil.copytree(REPO_ROOT / "amp_lite", source / "amp_lite",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                        "--disable-pip-version-check", "--wheel-dir", wheel_dir,
-                        str(REPO_ROOT)], check=True)
-        wheels = sorted(Path(wheel_dir).glob("amp_lite-*.whl"))
+                        "--disable-pip-version-check", "--wheel-dir", work, str(source)],
+                       check=True)
+        wheels = sorted(Path(work).glob("amp_lite-*.whl"))
         subprocess.run([*pip, "--no-deps", str(wheels[-1])], check=True)
     _clean(python_dir)
 
@@ -57,15 +67,36 @@ def _clean(python_dir: Path) -> None:
     for dist_info in python_dir.glob("*.dist-info"):
         for name in VOLATILE_METADATA:
             (dist_info / name).unlink(missing_ok=True)
+        metadata = dist_info / "METADATA"
+        if dist_info.name.startswith("amp_lite-") and metadata.exists():
+            _drop_long_description(metadata)
         record = dist_info / "RECORD"
         if record.exists():  # drop the lines of the files removed above, keep the rest
-            kept = [line for line in record.read_text().splitlines()
+            kept = [_recorded(python_dir, line) for line in record.read_text().splitlines()
                     if not line.split(",")[0].endswith(VOLATILE_METADATA)
                     and "__pycache__" not in line and not line.startswith("../../bin/")]
             record.write_text("\n".join(kept) + "\n")
     present = [name for name in FORBIDDEN if (python_dir / name).exists()]
     if present:
         raise SystemExit(f"the layer must not ship {', '.join(present)}")
+
+
+def _drop_long_description(metadata: Path) -> None:
+    """Keep the headers of amp_lite's METADATA, not the README after them (a fifth of the
+    zip, and nothing in a function reads it)."""
+    headers, _, _ = metadata.read_text(encoding="utf-8").partition("\n\n")
+    metadata.write_text(headers + "\n", encoding="utf-8")
+
+
+def _recorded(python_dir: Path, line: str) -> str:
+    """A RECORD line with the file's current hash and size (METADATA may have changed)."""
+    name, digest, _ = [*line.split(","), "", ""][:3]
+    path = python_dir / name
+    if not digest or not path.is_file():
+        return line
+    data = path.read_bytes()
+    encoded = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={encoded},{len(data)}"
 
 
 def write_zip(root: Path, output: Path) -> str:

@@ -5,7 +5,7 @@ it) and `write(events, *, reason, attempts, deadline, min_id_length=None)`, whic
 OverflowWriteError when it cannot take them (listing the `unwritten` ones when it took
 others). `min_id_length` is the client's request option, which a replay must send them with.
 A sink that the next flush can read back from (the local spill) also has
-`claim(max_events=...)`.
+`claim(max_events=..., deadline=None)`, bounded by `deadline` when given.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class OverflowSink(Protocol):
 
 @runtime_checkable
 class RecoverableSink(OverflowSink, Protocol):
-    def claim(self, *, max_events: int) -> SpillClaim | None: ...
+    def claim(self, *, max_events: int,
+              deadline: Deadline | None = None) -> SpillClaim | None: ...
 
 
 __all__ = ["LocalSpill", "OverflowSink", "RecoverableSink", "SQSOverflow", "SpillClaim"]

@@ -86,6 +86,13 @@ def spent_budget(client: Amplitude) -> Invocation:
     return client.invocation(remaining_time_ms=lambda: 50, margin_ms=200)
 
 
+def budget_over_a_hang(client: Amplitude, fake: FakeAmplitude) -> Invocation:
+    """A 0.4 s invocation while Amplitude hangs: the events miss the budget and are written
+    to the sinks within the time kept back for them."""
+    fake.script(*[Fault.hang(30)] * 3)
+    return client.invocation(timeout_s=0.4)
+
+
 # -- scopes ---------------------------------------------------------------------------------
 
 
@@ -225,7 +232,7 @@ def test_exception_in_scope_propagates_unchanged_and_events_are_flushed(
     pytest.param({"remaining_time_ms": lambda: 50, "margin_ms": 200}, id="remaining-under-margin"),
     pytest.param({"remaining_time_ms": lambda: 0}, id="remaining-zero"),
 ])
-def test_spent_budget_overflows_to_the_spill_without_hanging(
+def test_spent_budget_returns_at_once_and_drops_what_no_sink_can_take_in_time(
     fake: FakeAmplitude, clean_env: Path, scope_kwargs: dict[str, object]
 ) -> None:
     # GIVEN a scope whose flush budget is already spent, and an Amplitude that would hang
@@ -237,19 +244,15 @@ def test_spent_budget_overflows_to_the_spill_without_hanging(
     with client.invocation(**scope_kwargs) as inv:  # type: ignore[arg-type]
         ids = track_n(client, 4)
 
-    # THEN the flush returned at once, sent nothing, and spilled every event as "deadline"
+    # THEN the flush returned at once and sent nothing; with no time left, not even the spill
+    # can be written (invariant I3), so the events are dropped, counted and logged
     assert time.monotonic() - started < GENEROUS_S
     report = assert_balanced(inv.report)
-    assert report.overflowed == 4
-    assert dict(report.overflowed_reasons) == {"deadline": 4}
-    assert dict(report.overflowed_to) == {"local_spill": 4}
+    assert len(ids) == 4 and report.overflowed == 0
+    assert dict(report.dropped_reasons) == {"sink_failed": 4}
     assert report.deadline_hit
     assert fake.requests == []
-    # AND the events are in the default spill for this key and server
-    claim = default_spill(API_KEY, client.config.server_url).claim(max_events=100)
-    assert claim is not None
-    assert sorted(e.insert_id for e in claim.events) == sorted(ids)
-    assert all(p.is_relative_to(clean_env) for p in spilled_files(clean_env))
+    assert default_spill(API_KEY, client.config.server_url).claim(max_events=100) is None
 
 
 def test_spent_budget_without_a_sink_drops_events_as_no_sink(
@@ -275,7 +278,7 @@ def test_overflow_none_means_the_default_spill(fake: FakeAmplitude, clean_env: P
     # GIVEN overflow=None said explicitly (the documented default)
     client = make_client(fake, overflow=None)
     # WHEN events miss the budget / THEN they are spilled, as with no argument at all
-    with spent_budget(client) as inv:
+    with budget_over_a_hang(client, fake) as inv:
         track_n(client, 2)
     assert dict(assert_balanced(inv.report).overflowed_to) == {"local_spill": 2}
 
@@ -286,7 +289,7 @@ def test_a_lone_sink_that_fails_falls_back_to_the_default_spill(
     # GIVEN a single overflow sink, which is down
     client = make_client(fake, overflow=FailingSink("sqs", OverflowWriteError("unreachable")))
     # WHEN events miss the budget
-    with spent_budget(client) as inv:
+    with budget_over_a_hang(client, fake) as inv:
         ids = track_n(client, 3)
     # THEN they went to the local spill instead, counted as overflowed there
     report = assert_balanced(inv.report)
@@ -298,7 +301,7 @@ def test_a_lone_sink_that_fails_falls_back_to_the_default_spill(
 class RecoverableFailingSink(FailingSink):
     """A sink of the user's own that reads back what it holds (like LocalSpill), failing."""
 
-    def claim(self, *, max_events: int) -> None:
+    def claim(self, *, max_events: int, deadline: Deadline | None = None) -> None:
         return None
 
 
@@ -517,8 +520,8 @@ def test_custom_local_spill_is_used_instead_of_the_default(
     spill = LocalSpill(tmp_path / "my-spill")
     client = make_client(fake, overflow=spill)
 
-    # WHEN a scope with no time left exits
-    with spent_budget(client) as inv:
+    # WHEN a scope's events miss its budget
+    with budget_over_a_hang(client, fake) as inv:
         ids = track_n(client, 2)
 
     # THEN the events are in that directory, not in the default one

@@ -217,11 +217,12 @@ def test_margin_larger_than_remaining_sends_nothing_and_counts_everything(
         handler({}, None)
     scope_reports.append(inv.report)
     wrapped({}, FakeContext(300))
-    # THEN no request was sent and the events were overflowed with reason "deadline"
+    # THEN no request was sent, and with no time left not even the spill could be written:
+    # both events are counted, dropped as sink_failed (the flush keeps its deadline, I3)
     assert fake.requests == []
     report = scope_reports[0]
-    assert report.overflowed == 2 and report.overflowed_reasons == {"deadline": 2}
-    assert len(list((tmp_path / "spill").glob("*.jsonl"))) == 2
+    assert report.balanced and report.dropped_reasons == {"sink_failed": 2}
+    assert list((tmp_path / "spill").rglob("*.jsonl")) == []
 
 
 def test_unbuildable_default_client_is_logged_and_the_handler_still_runs(

@@ -1,9 +1,12 @@
-"""LocalSpill: the bounded spill directory that the next flush reads back (overflow/local.py)."""
+"""LocalSpill: the bounded spill directory that the next flush reads back (overflow/_local.py).
+
+The basics: write, claim, complete, the cap, temporary files and abandoned claims. Deadlines,
+unreadable files, a full disk, other format versions and other processes are in
+test_spill_edges.py and integration/test_spill_processes.py."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
@@ -14,9 +17,9 @@ import pytest
 from amp_lite import BufferedEvent, ConfigError, Deadline, OverflowWriteError
 from amp_lite.overflow._defaults import default_spill
 from amp_lite.overflow._local import (
-    CLAIM_MARK,
+    CLAIM_PREFIX,
     SPILL_SUFFIX,
-    STALE_CLAIM_S,
+    STALE_S,
     TMP_PREFIX,
     LocalSpill,
     SpillClaim,
@@ -42,12 +45,14 @@ def write(spill: LocalSpill, events: list[BufferedEvent], *, reason: str = "dead
 
 
 def spill_files(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory)) if directory.exists() else []
+    """Every name in the directory, in its subdirectories too (`.claim-<id>/<name>`)."""
+    if not directory.exists():
+        return []
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
 
-def make_old(path: Path) -> None:
-    old = time.time() - STALE_CLAIM_S - 60
-    os.utime(path, (old, old))
+def tmp_name(created_ns: int) -> str:
+    return f"{TMP_PREFIX}{created_ns:020d}-{'0' * 32}-{0:010d}{SPILL_SUFFIX}"
 
 
 def claim_all(spill: LocalSpill) -> SpillClaim:
@@ -177,6 +182,12 @@ def test_two_claims_never_take_the_same_file(tmp_path: Path) -> None:
     assert [e.insert_id for e in first.events] == ["a-0000", "a-0001"]
     assert [e.insert_id for e in second.events] == ["b-0000", "b-0001"]
     assert third is None
+    # AND each claim holds its files in a directory of its own until it completes
+    assert [n for n in spill_files(spill.directory) if "/" not in n] == sorted(
+        n for n in os.listdir(spill.directory) if n.startswith(CLAIM_PREFIX))
+    first.complete()
+    second.complete()
+    assert spill_files(spill.directory) == []
 
 
 def test_concurrent_claims_take_each_event_exactly_once(tmp_path: Path) -> None:
@@ -273,7 +284,7 @@ def test_temporary_files_are_never_claimed(tmp_path: Path) -> None:
     # GIVEN a fresh temporary file (a write in progress) beside a finished one
     spill = LocalSpill(tmp_path / "spill")
     write(spill, make_events("a", 1))
-    tmp = spill.directory / f"{TMP_PREFIX}00000000000000000001-x{SPILL_SUFFIX}"
+    tmp = spill.directory / tmp_name(time.time_ns())
     tmp.write_bytes(b'{"v": 1, "attempts": 1}\n' + make_events("t", 1)[0].raw + b"\n")
 
     # WHEN everything is claimed
@@ -286,12 +297,12 @@ def test_temporary_files_are_never_claimed(tmp_path: Path) -> None:
 
 
 def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
-    # GIVEN a temporary file left by a process that died mid-write, older than STALE_CLAIM_S
+    # GIVEN a temporary file left by a process that died mid-write, older than STALE_S (its name
+    # says when it was made)
     spill = LocalSpill(tmp_path / "spill")
     spill.directory.mkdir()
-    tmp = spill.directory / f"{TMP_PREFIX}00000000000000000001-x{SPILL_SUFFIX}"
+    tmp = spill.directory / tmp_name(time.time_ns() - (STALE_S + 60) * 10**9)
     tmp.write_bytes(b'{"v": 1}\n' + make_events("t", 1)[0].raw + b"\n")
-    make_old(tmp)
 
     # WHEN the next flush looks for spilled files
     claim = spill.claim(max_events=10)
@@ -303,32 +314,30 @@ def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
 
 
 def test_abandoned_claim_is_given_back(tmp_path: Path) -> None:
-    # GIVEN a claim whose flush died (never completed nor released) over STALE_CLAIM_S ago
+    # GIVEN a claim whose flush dropped it without completing it (as a process that died would)
     spill = LocalSpill(tmp_path / "spill")
     events = make_events("a", 2)
     write(spill, events)
-    claim_all(spill)
-    [claimed] = spill_files(spill.directory)
-    assert CLAIM_MARK in claimed
-    make_old(spill.directory / claimed)
+    [original] = spill_files(spill.directory)
+    claim_all(spill)  # not kept: its lock is let go
+    [claim_dir, claimed] = spill_files(spill.directory)
+    assert claim_dir.startswith(CLAIM_PREFIX) and claimed == f"{claim_dir}/{original}"
 
     # WHEN a new process looks at the spill
     LocalSpill(spill.directory).pending_files()
 
-    # THEN the file is back under its original name and can be claimed again
-    assert spill_files(spill.directory) == [claimed.split(CLAIM_MARK)[0]]
+    # THEN the file is back under its original name, and can be claimed again
+    assert spill_files(spill.directory) == [original]
     again = claim_all(spill)
     assert [e.raw for e in again.events] == [e.raw for e in events]
 
 
 def test_first_claim_after_an_abandoned_claim_takes_its_events(tmp_path: Path) -> None:
-    # GIVEN an abandoned claim older than STALE_CLAIM_S and nothing else in the spill
+    # GIVEN an abandoned claim and nothing else in the spill
     spill = LocalSpill(tmp_path / "spill")
     events = make_events("a", 2)
     write(spill, events)
     claim_all(spill)
-    [claimed] = spill_files(spill.directory)
-    make_old(spill.directory / claimed)
 
     # WHEN the next flush claims
     claim = LocalSpill(spill.directory).claim(max_events=10)
@@ -349,59 +358,22 @@ def test_fresh_claim_is_not_given_back(tmp_path: Path) -> None:
 
     # THEN it gets nothing, and the claim is still in place for its owner to complete
     assert other is None
-    [name] = spill_files(spill.directory)
-    assert CLAIM_MARK in name
+    [claim_dir, _] = spill_files(spill.directory)
+    assert claim_dir.startswith(CLAIM_PREFIX)
     held.complete()
     assert spill_files(spill.directory) == []
 
 
-# -- corruption -----------------------------------------------------------------------------
-
-
-def test_corrupt_line_is_skipped_with_an_error_log(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # GIVEN a spill file with a truncated line and a non-JSON line between good events
+def test_complete_twice_is_harmless(tmp_path: Path) -> None:
+    # GIVEN a completed claim
     spill = LocalSpill(tmp_path / "spill")
-    spill.directory.mkdir()
-    good = make_events("g", 3)
-    content = b"\n".join([
-        b'{"v": 1, "reason": "deadline", "attempts": 2, "count": 5}',
-        good[0].raw, b'{"event_type": "trunc', good[1].raw, b"\xff\xfe not json", good[2].raw,
-    ]) + b"\n"
-    (spill.directory / f"00000000000000000001-corrupt{SPILL_SUFFIX}").write_bytes(content)
+    write(spill, make_events("a", 1))
+    claim = claim_all(spill)
+    claim.complete()
 
-    # WHEN it is claimed
-    with caplog.at_level(logging.ERROR, logger="amp_lite"):
-        claim = claim_all(spill)
-
-    # THEN the good events are recovered and the bad lines are counted in an ERROR log
-    assert [e.raw for e in claim.events] == [e.raw for e in good]
-    assert claim.attempts == 2
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert "2 unreadable lines" in errors[0].getMessage()
-
-
-def test_corrupt_header_still_recovers_the_events(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # GIVEN a spill file whose header line is garbage
-    spill = LocalSpill(tmp_path / "spill")
-    spill.directory.mkdir()
-    good = make_events("g", 2)
-    content = b"\n".join([b"garbage header", *(e.raw for e in good)]) + b"\n"
-    (spill.directory / f"00000000000000000001-badheader{SPILL_SUFFIX}").write_bytes(content)
-
-    # WHEN it is claimed
-    with caplog.at_level(logging.ERROR, logger="amp_lite"):
-        claim = claim_all(spill)
-
-    # THEN the events are recovered (attempts unknown: 0) and the header is logged as unreadable
-    assert [e.raw for e in claim.events] == [e.raw for e in good]
-    assert claim.attempts == 0
-    assert any(r.levelno == logging.ERROR and "unreadable" in r.getMessage()
-               for r in caplog.records)
+    # WHEN it is completed again / THEN nothing happens and nothing is left
+    claim.complete()
+    assert spill_files(spill.directory) == []
 
 
 # -- default_spill --------------------------------------------------------------------------
