@@ -5,21 +5,9 @@ missed one invocation's budget are retried at the start of the next flush that h
 directory may be shared by threads and by processes (Lambda Managed Instances run several per
 environment): everything below is safe for both, and every call is bounded by its deadline.
 
-The directory holds:
-
-- `<time_ns>-<uuid>-<size>.jsonl`: a spilled batch, waiting. A header line (format version,
-  reason, attempts, time, count, min_id_length), then one event per line. The size (ten
-  digits) is in the name, so the cap is checked from one listing, without a stat per file.
-- `.tmp-<name>`: a write in progress (temporary file, fsync, atomic rename); removed on any
-  failure, and by a later recovery when a crash left it (older than STALE_S).
-- `.claim-<id>/`: the files one flush claimed, moved in by rename (so no two flushes take the
-  same file) and flock'd by that flush while the claim lives. A claim whose lock is free was
-  abandoned (its process died, or dropped the claim without completing it): its files are
-  given back. One whose lock is held is never touched, so a give-back cannot race with its
-  owner completing it.
-- `.done-<id>/`: a completed claim, renamed at once (its events are settled), emptied within
-  the deadline; what is left is deleted by the next claim.
-- `quarantine/`: files that could not be read (`_set_aside`); never claimed, not counted.
+The directory's layout (what each name holds), the files' format, the low-level I/O and the
+locks are in _spill_files.py; this module decides what is written, claimed, given back and set
+aside, and when.
 
 Writers flock the directory itself around the cap check and the rename, so `max_bytes` holds
 with concurrent writers; no lock file is left behind. Files of another format version are left
@@ -30,56 +18,68 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import re
-import stat
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._checks import is_int, positive_int
+from .._checks import positive_int
 from .._deadline import Deadline
 from .._errors import OverflowWriteError
 from .._limits import MAX_REQUEST_BYTES
 from .._wire import BufferedEvent
+from ._spill_files import (
+    CHECK_EVERY,
+    CLAIM_PREFIX,
+    DONE_PREFIX,
+    LEGACY_CLAIM_MARK,
+    NAME_LENGTH,
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    QUARANTINE_DIR,
+    SIZE_AT,
+    SPILL_FORMAT_VERSION,
+    SPILL_SUFFIX,
+    TMP_PREFIX,
+    OtherVersionError,
+    SpillFile,
+    UnreadableError,
+    abandoned,
+    age_s,
+    counted_size,
+    decode,
+    empty,
+    encode,
+    flock,
+    open_regular,
+    read_at_most,
+    rename_back,
+    size_in_name,
+    write_all,
+)
 
 try:
     import fcntl
 except ImportError:  # not POSIX: threads stay safe, processes sharing a directory do not, and
     fcntl = None  # type: ignore[assignment]  # abandoned claims are given back by age (STALE_S)
 
-# Not on every platform; 0 (no effect) where missing.
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-
 logger = logging.getLogger("amp_lite")
 
-SPILL_FORMAT_VERSION = 1
 DEFAULT_SPILL_MAX_BYTES = 16 * 1024 * 1024  # Lambda's /tmp is 512 MB by default; stay modest
-SPILL_SUFFIX = ".jsonl"
-TMP_PREFIX = ".tmp-"
-CLAIM_PREFIX = ".claim-"
-DONE_PREFIX = ".done-"
-QUARANTINE_DIR = "quarantine"
-LEGACY_CLAIM_MARK = ".claimed-"  # an older amp-lite's claim (`<name>.claimed-<hex>`)
 QUARANTINE_KEEP = 32  # files kept aside for a human; past that, an unreadable file is deleted
 
 STALE_S = 15 * 60  # Lambda's longest invocation: no live write (or claim, without flock) is older
 RECOVERY_INTERVAL_S = 60.0  # a LocalSpill looks for abandoned claims at most this often...
 RECOVERY_MAX = 32  # ...and handles at most this many of them (and leftovers) per look
 CLAIM_SHARE = 0.25  # of the time left that a claim may take: sending its events needs the rest
-LOCK_POLL_S = 0.002  # between attempts at a lock another process holds
 UNBOUNDED_WAIT_S = 1.0  # how long a call given no deadline waits for a lock
-CHECK_EVERY = 256  # directory entries (or deletions) between two looks at the deadline
 
 # What the I/O costs, measured on an ext4 SSD with fsync (median of 30): a write of 1 event
 # (263 bytes) 0.58 ms, 2,000 events (515 kB) 1.09 ms, 6,000 (1.5 MB) 1.62 ms: 0.55 ms + 0.7 ns
@@ -104,28 +104,8 @@ RESERVE_CEILING_S = 0.5
 _NOT_THE_FILES_FAULT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR,
                                   errno.EAGAIN})
 
-_NAME = re.compile(r"\d{20}-[0-9a-f]{32}-(\d{10})" + re.escape(SPILL_SUFFIX))
-_NAME_LENGTH = 20 + 1 + 32 + 1 + 10 + len(SPILL_SUFFIX)
-_SIZE_AT = slice(-len(SPILL_SUFFIX) - 10, -len(SPILL_SUFFIX))
-
-
-class _UnreadableError(Exception):
-    """A spill file that cannot be read as one: set aside, never sent."""
-
-
-class _OtherVersionError(Exception):
-    """A spill file of another format version: left in place."""
-
-
 class _NoTimeError(Exception):
     """Reading the file would take longer than the claim may."""
-
-
-@dataclass(frozen=True)
-class _SpillFile:
-    attempts: int
-    min_id_length: int | None
-    events: list[BufferedEvent]
 
 
 class _Costs:
@@ -154,11 +134,11 @@ class _ClaimDir:
         self._close: Callable[[], object] = lambda: None
         if fcntl is None:
             return
-        fd = os.open(self.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        fd = os.open(self.path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         self._close = closing = weakref.finalize(self, os.close, fd)
         closing.atexit = False
         try:
-            _flock(fd, 0.05)  # a recovery may hold it for a moment: it saw an empty claim
+            flock(fd, 0.05)  # a recovery may hold it for a moment: it saw an empty claim
         except BaseException:
             self._close()
             with contextlib.suppress(OSError):
@@ -170,7 +150,7 @@ class _ClaimDir:
         done = self.path.with_name(f"{DONE_PREFIX}{self.id}")
         try:
             os.rename(self.path, done)
-            _empty(done, names, deadline)
+            empty(done, names, deadline)
         except OSError as exc:  # left claimed: given back and sent again (de-duplicated)
             logger.warning("amp_lite: could not complete spill claim %s (%s)", self.path.name,
                            _describe(exc))
@@ -201,7 +181,7 @@ class SpillClaim:
         if claim_dir is not None:
             claim_dir.finish(self._names, deadline)
 
-    def _add(self, name: str, spill_file: _SpillFile) -> None:
+    def _add(self, name: str, spill_file: SpillFile) -> None:
         self._names.append(name)
         self.events.extend(spill_file.events)
         self.attempts = max(self.attempts, spill_file.attempts)
@@ -247,7 +227,7 @@ class LocalSpill:
             return
         size = sum(len(e.raw) + 1 for e in events) + HEADER_BYTES  # refused before it is built
         self._check_time(deadline, self._list_s + self._writes.estimate(size), size)
-        content = _encode(events, reason, attempts, min_id_length)
+        content = encode(events, reason, attempts, min_id_length)
         cost = self._list_s + self._writes.estimate(len(content))
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -282,11 +262,11 @@ class LocalSpill:
         started = time.perf_counter()
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}-{len(content):010d}{SPILL_SUFFIX}"
         tmp = self.directory / f"{TMP_PREFIX}{name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                      0o600)
         try:
             try:
-                _write_all(fd, content)
+                write_all(fd, content)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -319,9 +299,9 @@ class LocalSpill:
             if fcntl is None:
                 yield
                 return
-            fd = os.open(self.directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+            fd = os.open(self.directory, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             try:
-                _flock(fd, wait_s)
+                flock(fd, wait_s)
                 yield
             finally:
                 os.close(fd)  # releases the flock
@@ -351,11 +331,11 @@ class LocalSpill:
                 if count % CHECK_EVERY == 0 and deadline is not None and deadline.expired():
                     raise TimeoutError("no time left to measure the spill directory")
                 name = entry.name
-                size = name[_SIZE_AT]
-                if len(name) == _NAME_LENGTH and size.isdigit() and name.endswith(SPILL_SUFFIX):
+                size = name[SIZE_AT]
+                if len(name) == NAME_LENGTH and size.isdigit() and name.endswith(SPILL_SUFFIX):
                     total += int(size)  # a waiting file: no regex, no stat
                 else:
-                    total += _counted_size(entry, include_claimed)
+                    total += counted_size(entry, include_claimed)
         return total
 
     def pending_files(self) -> list[Path]:
@@ -419,7 +399,7 @@ class LocalSpill:
         for name in pending:
             if claim.events and len(claim.events) >= max_events:
                 return
-            size = min(_size_in_name(name) or 0, self.max_bytes)
+            size = min(size_in_name(name) or 0, self.max_bytes)
             if budget is not None and budget.remaining_s() < self._reads.estimate(size):
                 return
             try:
@@ -441,7 +421,7 @@ class LocalSpill:
             spill_file = self._read(into / name, budget)
         except FileNotFoundError:
             return True
-        except _OtherVersionError as other:
+        except OtherVersionError as other:
             self._leave_foreign(into, name, other, budget)
             return True
         except _NoTimeError:
@@ -453,7 +433,7 @@ class LocalSpill:
                 raise
             claim.quarantined += self._set_aside(into / name, _describe(exc))
             return True
-        except _UnreadableError as bad:
+        except UnreadableError as bad:
             claim.quarantined += self._set_aside(into / name, _describe(bad))
             return True
         if claim._names and spill_file.min_id_length != claim.min_id_length:
@@ -462,25 +442,25 @@ class LocalSpill:
         claim._add(name, spill_file)
         return True
 
-    def _read(self, path: Path, budget: Deadline | None) -> _SpillFile:
+    def _read(self, path: Path, budget: Deadline | None) -> SpillFile:
         """Read and check one claimed file: a regular file (no symlink, FIFO or device) of at
-        most max_bytes (what one write can produce), wholly valid, or _UnreadableError."""
+        most max_bytes (what one write can produce), wholly valid, or UnreadableError."""
         started = time.perf_counter()
-        fd = _open_regular(path)
+        fd = open_regular(path)
         try:
             size = os.fstat(fd).st_size
             if size > self.max_bytes:
-                raise _UnreadableError(f"{size} bytes, more than max_bytes {self.max_bytes}")
+                raise UnreadableError(f"{size} bytes, more than max_bytes {self.max_bytes}")
             if budget is not None and budget.remaining_s() < self._reads.estimate(size):
                 raise _NoTimeError
-            data = _read_at_most(fd, self.max_bytes)
+            data = read_at_most(fd, self.max_bytes)
         finally:
             os.close(fd)
-        spill_file = _decode(data)
+        spill_file = decode(data)
         self._reads.record(len(data), time.perf_counter() - started)
         return spill_file
 
-    def _leave_foreign(self, into: Path, name: str, other: _OtherVersionError,
+    def _leave_foreign(self, into: Path, name: str, other: OtherVersionError,
                        budget: Deadline | None) -> None:
         self._put_back(into, [name], budget, anyway=True)
         with self._state_lock:
@@ -516,10 +496,10 @@ class LocalSpill:
         Returns the names given back."""
         try:
             with self._dir_lock(budget, 0.0):
-                return _rename_back(source, names, self.directory)
+                return rename_back(source, names, self.directory)
         except TimeoutError:
             if anyway:
-                return _rename_back(source, names, self.directory)
+                return rename_back(source, names, self.directory)
         except OSError as exc:
             logger.warning("amp_lite: could not give spill files back (%s)", _describe(exc))
         return []
@@ -543,20 +523,20 @@ class LocalSpill:
     def _give_back_if_abandoned(self, name: str, budget: Deadline | None) -> list[str]:
         path, claim_id = self.directory / name, name[len(CLAIM_PREFIX):]
         if fcntl is None:
-            return self._give_back(path, claim_id, budget) if _age_s(claim_id) > STALE_S else []
+            return self._give_back(path, claim_id, budget) if age_s(claim_id) > STALE_S else []
         try:
-            fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         except OSError:
             return []  # completed meanwhile (renamed .done-), or not ours
         try:
-            return self._give_back(path, claim_id, budget) if _abandoned(fd, path) else []
+            return self._give_back(path, claim_id, budget) if abandoned(fd, path) else []
         finally:
             os.close(fd)
 
     def _give_back(self, path: Path, claim_id: str, budget: Deadline | None) -> list[str]:
         with contextlib.suppress(OSError):
             inside = os.listdir(path)
-            if not inside and _age_s(claim_id) < STALE_S:
+            if not inside and age_s(claim_id) < STALE_S:
                 return []  # maybe a claim being made: its directory comes before its lock
             given = self._put_back(path, inside, budget)
             if len(given) == len(inside):
@@ -568,7 +548,7 @@ class LocalSpill:
         """Temporary files older than STALE_S are deleted; an older amp-lite's claims older
         than that are given back (its rule). Returns the names given back."""
         stale = [n for n in names if (n.startswith(TMP_PREFIX) and
-                 _age_s(n[len(TMP_PREFIX):]) > STALE_S) or LEGACY_CLAIM_MARK in n]
+                 age_s(n[len(TMP_PREFIX):]) > STALE_S) or LEGACY_CLAIM_MARK in n]
         given: list[str] = []
         for name in stale[:RECOVERY_MAX]:
             path = self.directory / name
@@ -587,178 +567,7 @@ class LocalSpill:
             if budget is not None and budget.expired():
                 return
             with contextlib.suppress(OSError):
-                _empty(self.directory / name, os.listdir(self.directory / name), budget)
-
-
-# -- files ------------------------------------------------------------------------------------
-
-
-def _encode(events: Sequence[BufferedEvent], reason: str, attempts: int,
-            min_id_length: int | None) -> bytes:
-    header = {"v": SPILL_FORMAT_VERSION, "reason": reason, "attempts": attempts,
-              "overflowed_at_ms": int(time.time() * 1000), "count": len(events),
-              "min_id_length": min_id_length}
-    return b"\n".join([json.dumps(header).encode(), *(e.raw for e in events)]) + b"\n"
-
-
-def _decode(data: bytes) -> _SpillFile:
-    """The file's header and events; any flaw makes the whole file _UnreadableError."""
-    if not data.endswith(b"\n"):
-        raise _UnreadableError("truncated: no final newline")
-    header, *lines = data[:-1].split(b"\n")
-    attempts, count, min_id_length = _parse_header(header)
-    if len(lines) != count:
-        raise _UnreadableError(f"the header counts {count} events, the file holds {len(lines)}")
-    events = []
-    for number, line in enumerate(lines, 2):
-        try:
-            events.append(BufferedEvent.from_json(line))
-        except (ValueError, RecursionError):
-            raise _UnreadableError(f"line {number} is not an event") from None
-    return _SpillFile(attempts, min_id_length, events)
-
-
-def _parse_header(line: bytes) -> tuple[int, int, int | None]:
-    """(attempts, count, min_id_length); _OtherVersionError for a header of another version."""
-    try:
-        header = json.loads(line)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
-        raise _UnreadableError("the header is not JSON") from None
-    if not isinstance(header, dict) or not is_int(header.get("v")):
-        raise _UnreadableError("the header has no format version")
-    if header["v"] != SPILL_FORMAT_VERSION:
-        raise _OtherVersionError(header["v"])
-    attempts, count = header.get("attempts"), header.get("count")
-    min_id_length = header.get("min_id_length")
-    if not (is_int(attempts) and attempts >= 0 and is_int(count) and count >= 0):
-        raise _UnreadableError("the header's attempts or count is not a count")
-    if min_id_length is not None and not (is_int(min_id_length) and min_id_length > 0):
-        raise _UnreadableError("the header's min_id_length is not a positive integer")
-    return attempts, count, min_id_length
-
-
-def _open_regular(path: Path) -> int:
-    """An fd on a regular file, without following a symlink or blocking on a FIFO."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _UnreadableError("a symbolic link") from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _UnreadableError("not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
-    while chunk := os.read(fd, limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _UnreadableError(f"grew past max_bytes {limit} while read")
-    return b"".join(chunks)
-
-
-def _rename_back(source: Path, names: list[str], spill_dir: Path) -> list[str]:
-    given = []
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(source / name, spill_dir / name)
-            given.append(name)
-    return given
-
-
-def _write_all(fd: int, content: bytes) -> None:
-    view = memoryview(content)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _empty(directory: Path, names: Iterable[str], deadline: Deadline | None) -> None:
-    """Delete `names` in `directory`, then the directory, until the deadline comes."""
-    for count, name in enumerate(names):
-        if count % CHECK_EVERY == 0 and deadline is not None and deadline.expired():
-            return
-        with contextlib.suppress(OSError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
-
-
-def _size_in_name(name: str) -> int | None:
-    """The size a spill file's name records (also with the temporary prefix)."""
-    match = _NAME.fullmatch(name.removeprefix(TMP_PREFIX))
-    return int(match.group(1)) if match else None
-
-
-def _age_s(name: str) -> float:
-    """Seconds since the time_ns a name starts with (0 when it starts with none)."""
-    stamp = name[:20]
-    return time.time() - int(stamp) / 1e9 if stamp.isdigit() and len(stamp) == 20 else 0.0
-
-
-def _counted_size(entry: os.DirEntry[str], include_claimed: bool) -> int:
-    """What an entry other than a waiting spill file counts for in `used_bytes`."""
-    name = entry.name
-    if name.startswith(CLAIM_PREFIX):
-        return _claimed_size(entry.path) if include_claimed else 0
-    if name == QUARANTINE_DIR or name.startswith(DONE_PREFIX):
-        return 0
-    if LEGACY_CLAIM_MARK in name and not include_claimed:
-        return 0
-    size = _size_in_name(name)
-    if size is not None:
-        return size
-    try:  # a file of another name (an older amp-lite's, another version's)
-        info = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return 0
-    return info.st_size if stat.S_ISREG(info.st_mode) else 0
-
-
-def _claimed_size(path: str) -> int:
-    try:
-        with os.scandir(path) as entries:
-            return sum(_counted_size(entry, True) for entry in entries)
-    except OSError:
-        return 0
-
-
-# -- locks ------------------------------------------------------------------------------------
-
-
-def _flock(fd: int, wait_s: float) -> None:
-    """Lock `fd`, trying until `wait_s` has passed: a flush must not block past its deadline."""
-    if fcntl is None:
-        return
-    give_up = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            left = give_up - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("another process holds the spill directory lock") from None
-            time.sleep(min(LOCK_POLL_S, left))
-
-
-def _abandoned(fd: int, path: Path) -> bool:
-    """Whether the claim open at `fd` was abandoned: its lock is free (then we hold it) and it
-    is still a claim (a completed one was renamed `.done-` before its lock was let go)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False  # its owner holds it: alive
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except OSError:
-        return False
+                empty(self.directory / name, os.listdir(self.directory / name), budget)
 
 
 def _describe(exc: BaseException) -> str:

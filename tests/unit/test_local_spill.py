@@ -16,14 +16,8 @@ import pytest
 
 from amp_lite import BufferedEvent, ConfigError, Deadline, OverflowWriteError
 from amp_lite.overflow._defaults import default_spill
-from amp_lite.overflow._local import (
-    CLAIM_PREFIX,
-    SPILL_SUFFIX,
-    STALE_S,
-    TMP_PREFIX,
-    LocalSpill,
-    SpillClaim,
-)
+from amp_lite.overflow._local import STALE_S, LocalSpill, SpillClaim
+from amp_lite.overflow._spill_files import CLAIM_PREFIX, SPILL_SUFFIX, TMP_PREFIX
 from tests.conftest import API_KEY
 
 FAKE_URL = "http://127.0.0.1:9/2/httpapi"

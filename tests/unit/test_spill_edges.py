@@ -23,17 +23,19 @@ import pytest
 from amp_lite import Amplitude, BufferedEvent, Deadline, OverflowWriteError
 from amp_lite.overflow import _local
 from amp_lite.overflow._local import (
-    CLAIM_PREFIX,
     CLAIM_SHARE,
-    DONE_PREFIX,
-    QUARANTINE_DIR,
     QUARANTINE_KEEP,
     RESERVE_CEILING_S,
     RESERVE_FLOOR_S,
-    SPILL_SUFFIX,
     STALE_S,
-    TMP_PREFIX,
     LocalSpill,
+)
+from amp_lite.overflow._spill_files import (
+    CLAIM_PREFIX,
+    DONE_PREFIX,
+    QUARANTINE_DIR,
+    SPILL_SUFFIX,
+    TMP_PREFIX,
 )
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
@@ -588,7 +590,7 @@ def test_running_out_of_file_descriptors_is_not_the_files_fault(
     def no_fd(path: Path) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(_local, "_open_regular", no_fd)
+    monkeypatch.setattr(_local, "open_regular", no_fd)
 
     # WHEN it is claimed / THEN nothing is taken, and the file waits where it was, unharmed
     assert spill.claim(max_events=10) is None
