@@ -306,7 +306,10 @@ def _checked_url(url: Any, source: str) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ConfigError(f"{source}: must not contain spaces or control characters, "
                           f"got {shown!r}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{source}: {example}, got {shown!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{source}: {example}, got {shown!r}")
     try:
@@ -319,12 +322,17 @@ def _checked_url(url: Any, source: str) -> str:
 
 
 def redacted_url(url: str) -> str:
-    """`url` without the password of any `user:password@` part, for reprs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """`url` with the secret of any `user:password@` (or `token@`) part masked, for reprs and
+    messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: show none of it
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
         return url
     host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    shown = f"{parts.username}:***" if parts.password is not None else "***"
+    return parts._replace(netloc=f"{shown}@{host}").geturl()
 
 
 def _is_batch_url(url: str) -> bool:

@@ -46,7 +46,6 @@ class Route:
         provider = config.api_key_provider
         self._provided = ProvidedKey(provider) if provider is not None else None
         identity = config.api_key or (provider_label(provider) if provider else None)
-        self._identity = identity  # who the events belong to, without the key itself
         self._sinks = None if identity is None else resolve_sinks(overflow, identity,
                                                                    config.server_url)
         self._lock = threading.Lock()  # concurrent flushes (Cloud Functions gen2 threads)
@@ -149,7 +148,7 @@ class Delivery:
             recovered = []
         self._send(recovered + events, retry, sender, reserve, tally)
         if claim:
-            claim.complete(deadline=self.deadline)
+            _complete(claim, self.deadline)
 
     def _send(self, batch: list[BufferedEvent], retry: Retry, sender: Sender, reserve: float,
               tally: Tally) -> None:
@@ -214,9 +213,8 @@ class Delivery:
         for sink in sinks:
             if isinstance(sink, RecoverableSink):
                 try:
-                    claim = sink.claim(max_events=self._route.config.max_request_events,
-                                       deadline=self.deadline)
-                except Exception as exc:  # OSError, or a sink of yours with another signature
+                    claim = _claim(sink, self._route.config.max_request_events, self.deadline)
+                except Exception as exc:  # OSError, or a bug in a sink of yours
                     logger.warning("amp_lite: could not read the spill of %s (%s)", sink.name,
                                    type(exc).__name__)
                     continue
@@ -224,6 +222,22 @@ class Delivery:
                     return claim
         return None
 
+
+
+def _claim(sink: RecoverableSink, max_events: int, deadline: Deadline) -> SpillClaim | None:
+    """`sink.claim`, with the deadline when the sink takes one (a sink of yours written
+    before `deadline` was added to the protocol does not)."""
+    try:
+        return sink.claim(max_events=max_events, deadline=deadline)
+    except TypeError:
+        return sink.claim(max_events=max_events)
+
+
+def _complete(claim: SpillClaim, deadline: Deadline) -> None:
+    if isinstance(claim, SpillClaim):
+        claim.complete(deadline=deadline)
+    else:  # a claim of a sink of yours
+        claim.complete()
 
 
 def overflow_early(route: Route, excess: Sequence[BufferedEvent]) -> Tally:

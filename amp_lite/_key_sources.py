@@ -61,8 +61,9 @@ class SecretFetcher:
 
     def __call__(self, deadline: Deadline | None = None) -> str:
         budget = FETCH_TIMEOUT_S if deadline is None else deadline.remaining_s()
-        if budget < MIN_FETCH_S:
-            raise ConfigError(f"{self.label!s}: no time left in this flush to fetch the API key")
+        if budget < MIN_FETCH_S:  # not the store's fault: no backoff for it
+            raise KeyUnavailableError(f"{self.label}: no time left in this flush to fetch the "
+                                      "API key")
         provider = self._provider(budget / 2)  # connect and read: together within the budget
         try:
             if self.variable == ENV_API_KEY_SECRET:
@@ -93,13 +94,17 @@ class SecretFetcher:
 
 
 def provider_label(provider: Callable[..., str]) -> str:
-    """What names a key provider without its key: SecretFetcher's label, else its module and
-    qualified name (so give different providers different names)."""
+    """What names a key provider without its key: its `label` (SecretFetcher's: the variable
+    and the secret's name), else this very object in this process. Two providers of one
+    name (two lambdas, two partials) may return different keys, so a name alone would let
+    one project's spilled events go out with another's key; give a provider of yours a
+    `label` attribute to keep its spill across processes."""
     label = getattr(provider, "label", None)
-    if isinstance(label, str):
+    if isinstance(label, str) and label:
         return label
     kind = provider if hasattr(provider, "__qualname__") else type(provider)
-    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+    name = f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+    return f"{name}@{os.getpid()}:{id(provider):x}"
 
 
 class ProvidedKey:
@@ -119,10 +124,15 @@ class ProvidedKey:
         return self._key is not None
 
     def get(self, deadline: Deadline | None = None) -> str:
-        with self._lock:
+        wait_s = FETCH_TIMEOUT_S if deadline is None else deadline.remaining_s()
+        if not self._lock.acquire(timeout=max(wait_s, 0.001)):  # another flush is fetching
+            raise KeyUnavailableError("api_key: another flush is still fetching the key")
+        try:
             if self._key is None:
                 self._key = self._fetch(deadline)
             return self._key
+        finally:
+            self._lock.release()
 
     def _fetch(self, deadline: Deadline | None) -> str:
         wait = self._retry_at - time.monotonic()
@@ -131,6 +141,8 @@ class ProvidedKey:
                                       f"{wait:.0f} s")
         try:
             return checked_api_key(self._call(deadline), "api_key (from the key provider)")
+        except KeyUnavailableError:
+            raise
         except Exception as exc:
             error = exc if isinstance(exc, ConfigError) else ConfigError(
                 f"api_key: the key provider failed ({type(exc).__name__})")

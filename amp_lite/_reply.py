@@ -7,6 +7,7 @@ docs/design.md, section 2). The strategy in `_retry` decides when.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from ._checks import is_int
 from ._wire import BufferedEvent
 
 # Index lists in a 400 body that name invalid events (HTTP V2 API docs, 400 response body).
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,39}")  # what a note may echo back
 _INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields",
                        "events_with_invalid_id_lengths")
 
@@ -97,8 +99,9 @@ def _bad_request(body: Mapping[str, Any], batch: Sequence[BufferedEvent]) -> Ver
     if error.startswith("Invalid API key"):
         return _refused(r.REFUSED_API_KEY, batch, "400 invalid API key")
     if body.get("missing_field"):  # Amplitude: "which request-level required field is missing"
-        return _refused(r.REFUSED_MISSING_FIELD, batch,
-                        f"400 missing field {str(body['missing_field'])[:40]}")
+        named = str(body["missing_field"])
+        shown = named if _FIELD_NAME.fullmatch(named) else "(not a field name: not shown)"
+        return _refused(r.REFUSED_MISSING_FIELD, batch, f"400 missing field {shown}")
     invalid = _indices(body, batch)
     if invalid:
         return Verdict(

@@ -300,8 +300,8 @@ class LocalSpill:
                 yield
                 return
             fd = os.open(self.directory, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            try:
-                flock(fd, wait_s)
+            try:  # what is left of the wait after the thread lock, not a second one
+                flock(fd, wait_s if deadline is None else deadline.remaining_s() - keep_s)
                 yield
             finally:
                 os.close(fd)  # releases the flock
@@ -497,11 +497,11 @@ class LocalSpill:
         try:
             with self._dir_lock(budget, 0.0):
                 return rename_back(source, names, self.directory)
-        except TimeoutError:
-            if anyway:
+        except OSError as exc:  # TimeoutError (busy), or no descriptor left for the lock
+            if anyway:  # a rename needs no descriptor; the claim would delete the file
                 return rename_back(source, names, self.directory)
-        except OSError as exc:
-            logger.warning("amp_lite: could not give spill files back (%s)", _describe(exc))
+            if not isinstance(exc, TimeoutError):
+                logger.warning("amp_lite: could not give spill files back (%s)", _describe(exc))
         return []
 
     # -- recovery -----------------------------------------------------------------------------

@@ -630,3 +630,46 @@ def test_timeout_is_counted_from_the_start_of_the_block(fake: FakeAmplitude) -> 
     # WHEN the block starts / THEN the whole 10 s are still ahead of it (not 9 s)
     with scope:
         assert scope.flush_deadline().remaining_s() > 9.5  # 0.5 s for a slow scheduler
+
+
+class _OldStyleSpill:
+    """A recoverable sink of a user's own, written before `claim` took a deadline."""
+
+    name = "old_style"
+    reserve_s = 0.01
+
+    def __init__(self, events: list[BufferedEvent]) -> None:
+        self.held = events
+        self.completed = 0
+
+    def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
+              deadline: Deadline, min_id_length: int | None = None) -> None:
+        self.held.extend(events)
+
+    def claim(self, *, max_events: int) -> object:
+        sink = self
+
+        class Claim:
+            def __init__(self) -> None:
+                self.events = list(sink.held)
+                self.min_id_length = None
+
+            def complete(self) -> None:
+                sink.completed += 1
+                sink.held.clear()
+
+        return Claim() if self.held else None
+
+
+def test_a_recoverable_sink_of_the_old_signature_is_still_read_back(fake: FakeAmplitude) -> None:
+    # GIVEN a user's own spill holding an event, with claim(*, max_events) and complete()
+    source = make_client(fake, overflow=())
+    source.track("Held", user_id="user-held")
+    held = source._scopes.current().take_all()
+    sink = _OldStyleSpill(held)
+    client = make_client(fake, overflow=sink)
+    # WHEN a flush with time runs
+    report = client.flush(timeout_s=5)
+    # THEN the event was read back, delivered, and its claim completed once
+    assert (report.recovered, report.delivered) == (1, 1), report.summary()
+    assert sink.completed == 1 and sink.held == []

@@ -143,3 +143,16 @@ def test_retry_handler_arguments_are_checked_at_construction(kwargs: dict[str, A
     # (it used to raise inside the flush, and every event was counted internal_error)
     with pytest.raises(ConfigError, match=rf"^RetryHandler {named}: "):
         RetryHandler(**kwargs)
+
+
+def test_a_long_echo_of_the_key_is_not_shown_in_part_either(
+        fake: FakeAmplitude, caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a "missing field" that is not a field name but the request itself, key included
+    fake.script(Fault.status_code(400, {"code": 400,
+                                        "missing_field": f"request had api_key={API_KEY}"}))
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+    client.track("Echoed", user_id="user-echo")
+    with caplog.at_level(logging.DEBUG, logger="amp_lite"):
+        client.flush()
+    # THEN no part of the key reaches the log (it used to be cut at 40 characters, then redacted)
+    assert API_KEY[:12] not in caplog.text
