@@ -22,19 +22,11 @@ from amp_lite.overflow import LocalSpill
 from amp_lite.replay import make_handler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
-from tests.support.raw_server import RawServer
+from tests.support.raw_server import silent_endpoint
 from tests.support.sqs_events import failed_ids, lambda_sqs_event, overflow_bodies, wire_event
 
 TOLERANCE_S = 0.75  # scheduling slack on a loaded 2-core machine
 SECRET = "amp/api-key"
-
-
-class Silent(RawServer):
-    """Accepts connections and never answers (a VPC function without an endpoint)."""
-
-    def handle(self, conn: object) -> None:
-        while not self.stopping.wait(0.05):
-            pass
 
 
 class Remaining:
@@ -51,8 +43,8 @@ class Remaining:
 def silent_secrets(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """AWS calls go to a server that never answers; the key is named by its secret."""
     monkeypatch.setenv("AMPLITUDE_API_KEY_SECRET", SECRET)
-    with Silent() as silent:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url.rsplit("/2/", 1)[0])
+    with silent_endpoint() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         yield aws_env
 
 

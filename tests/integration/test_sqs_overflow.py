@@ -25,6 +25,7 @@ from amp_lite.overflow._defaults import default_sinks
 from amp_lite.overflow._message import decode_message
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.raw_server import silent_endpoint
 
 FLUSH_TIMEOUT_S = 1.0
 TOLERANCE_S = 0.6  # generous: CI machines stall
@@ -447,10 +448,7 @@ print(after_import, after_client, loaded())
 def hanging_endpoint(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """AWS_ENDPOINT_URL at a 127.0.0.1 socket that accepts connections (kernel backlog) and never
     answers. Returns a queue URL."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with silent_endpoint() as url:
         monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         yield f"{url}/123456789012/amp-lite-overflow"
 

@@ -22,6 +22,7 @@ from amp_lite.overflow import LocalSpill, SQSOverflow
 from amp_lite.testing import FakeAmplitude, Fault
 from amp_lite.testing.tls import make_tls_files
 from tests.conftest import API_KEY
+from tests.support.raw_server import silent_endpoint
 from tests.support.sqs_raw_server import (
     ACCOUNT,
     QUEUE,
@@ -67,10 +68,7 @@ def serve(server: SQSReplyServer, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def hanging_queue_url(fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A 127.0.0.1 socket that accepts connections (kernel backlog) and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with silent_endpoint() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         yield f"{endpoint}/{ACCOUNT}/{QUEUE}"
 

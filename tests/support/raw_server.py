@@ -9,9 +9,20 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from typing import TypeVar
 
 _Server = TypeVar("_Server", bound="RawServer")
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """`http://127.0.0.1:<port>` of a socket that accepts connections (the kernel's backlog)
+    and never answers: a VPC function without a route to the service."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class RawServer:
