@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
-from . import _report as r
 from ._checks import positive_seconds
 from ._config import ClientConfig, ClientOptions, redacted_url
 from ._deadline import Deadline
-from ._delivery import Delivery, Route, bound, dropped_for_config, overflow_early
+from ._delivery import Delivery, Route, bound, overflow_early, undeliverable
 from ._encoder import EventEncoder
-from ._errors import ConfigError, InvalidEventError, KeyUnavailableError
+from ._errors import ConfigError, InvalidEventError
 from ._events import (
     GROUP_IDENTIFY_EVENT,
     IDENTIFY_EVENT,
@@ -240,26 +239,17 @@ class Amplitude:
             return DeliveryReport()
         events = buffer.take_all()
         tally = Tally(tracked=len(events))
-        if events or self._route.api_key_known():  # else the spill, which needs the key, waits
+        if events or self._route.api_key_known():  # else: reading the spill back needs the key
             try:
                 tally = Delivery(self._route, deadline).run(events, self._retry)
             except ConfigError as exc:
                 if events and raise_config_error:
                     buffer.put_back(events)
                     raise
-                tally = self._undeliverable(events, exc, deadline)
+                tally = undeliverable(self._route, events, exc, deadline)
         tally.merge(buffer.take_early())  # events overflowed earlier, past the buffer cap
         report = tally.report(elapsed_ms=(monotonic() - started) * 1000)
         if report.tracked or report.recovered:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
-
-    def _undeliverable(self, events: list[BufferedEvent], exc: ConfigError,
-                       deadline: Deadline) -> Tally:
-        """Events a flush cannot send for want of a key: overflowed when a provider failed
-        (they are sent once it answers), dropped and counted when no key is configured."""
-        if isinstance(exc, KeyUnavailableError):
-            logger.error("amp_lite: %s; %d events are overflowed", exc, len(events))
-            return Delivery(self._route, deadline).overflow(events, r.UNSETTLED_KEY_UNAVAILABLE)
-        return dropped_for_config(Tally(tracked=len(events)), exc)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from . import _report as r
 from ._config import MISSING_API_KEY, ClientConfig
 from ._deadline import Deadline
-from ._errors import ConfigError, OverflowWriteError
+from ._errors import ConfigError, KeyUnavailableError, OverflowWriteError
 from ._key_sources import ProvidedKey, provider_label
 from ._report import Tally
 from ._retry import BaseRetryHandler, Retry, SendOutcome
@@ -248,6 +248,16 @@ def overflow_early(route: Route, excess: Sequence[BufferedEvent]) -> Tally:
         return dropped_for_config(Tally(tracked=len(excess)), exc, "buffer cap passed and ")
     deadline = Deadline.after(max(EARLY_OVERFLOW_BUDGET_S, reserve))
     return Delivery(route, deadline).overflow(excess, r.UNSETTLED_BUFFER_CAP)
+
+
+def undeliverable(route: Route, events: list[BufferedEvent], exc: ConfigError,
+                  deadline: Deadline) -> Tally:
+    """Events a flush cannot send for want of a key: overflowed when a provider failed (they
+    are sent once it answers), dropped and counted when no key is configured."""
+    if isinstance(exc, KeyUnavailableError):
+        logger.error("amp_lite: %s; %d events are overflowed", exc, len(events))
+        return Delivery(route, deadline).overflow(events, r.UNSETTLED_KEY_UNAVAILABLE)
+    return dropped_for_config(Tally(tracked=len(events)), exc)
 
 
 def dropped_for_config(tally: Tally, exc: ConfigError, when: str = "") -> Tally:
