@@ -78,6 +78,10 @@ class Route:
                       max_bytes=self.config.max_request_bytes,
                       request_timeout_s=self.config.request_timeout_s)
 
+    def reserve_s(self) -> float:
+        """The time the sinks' writes are kept: 0 when there are none yet (no key at all)."""
+        return sum(sink.reserve_s for sink in self._sinks or ())
+
     def sinks(self) -> tuple[OverflowSink, ...]:
         """The sinks; ConfigError when the client has neither a key nor a key provider."""
         if self._sinks is None:
@@ -106,8 +110,9 @@ class Delivery:
     def run(self, events: list[BufferedEvent], retry: Retry) -> Tally:
         """Deliver, reject or overflow every event. Raises ConfigError, before any event is
         touched, when the API key is missing or cannot be fetched (KeyUnavailableError)."""
-        try:
-            sender = self._route.sender(deadline=self.deadline)
+        try:  # the key fetch leaves the sinks their reserve: its events may need them
+            sender = self._route.sender(deadline=self.deadline.shortened_by(
+                self._route.reserve_s()))
         except ConfigError:
             raise
         except Exception as exc:  # the HTTP stack cannot be built (urllib3, OpenSSL...)

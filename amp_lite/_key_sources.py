@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._aws_http import bounded_by, bounded_client
 from ._config import ENV_API_KEY, checked_api_key
 from ._deadline import Deadline
 from ._errors import ConfigError, KeyUnavailableError
@@ -55,22 +56,25 @@ class SecretFetcher:
         self.variable = variable
         self.name = name
         self.label = f"{variable}={name}"
+        self._store: Any = None  # Powertools' provider over a bounded boto3 client, built once
 
     def __repr__(self) -> str:
         return f"SecretFetcher({self.label!r})"
 
     def __call__(self, deadline: Deadline | None = None) -> str:
-        budget = FETCH_TIMEOUT_S if deadline is None else deadline.remaining_s()
-        if budget < MIN_FETCH_S:  # not the store's fault: no backoff for it
+        deadline = Deadline.after(FETCH_TIMEOUT_S) if deadline is None else deadline
+        if deadline.remaining_s() < MIN_FETCH_S:  # not the store's fault: no backoff for it
             raise KeyUnavailableError(f"{self.label}: no time left in this flush to fetch the "
                                       "API key")
-        provider = self._provider(budget / 2)  # connect and read: together within the budget
+        provider = self._provider(deadline.remaining_s())
         try:
-            if self.variable == ENV_API_KEY_SECRET:
-                value = provider.get(self.name, max_age=SECRET_MAX_AGE_S)
-            else:
-                value = provider.get(self.name, decrypt=True, max_age=SECRET_MAX_AGE_S)
+            with bounded_by(deadline):  # the whole request, connect to last byte
+                if self.variable == ENV_API_KEY_SECRET:
+                    value = provider.get(self.name, max_age=SECRET_MAX_AGE_S)
+                else:
+                    value = provider.get(self.name, decrypt=True, max_age=SECRET_MAX_AGE_S)
         except Exception as exc:
+            self._store = None  # the next attempt starts afresh: new client, new connections
             raise ConfigError(f"{self.variable}={self.name!r}: could not fetch the API key "
                               f"({type(exc).__name__})") from exc
         if isinstance(value, bytes):
@@ -80,17 +84,21 @@ class SecretFetcher:
         return value.strip()
 
     def _provider(self, timeout_s: float) -> Any:
+        """Powertools' provider, over a boto3 client whose requests BoundedHttp sends
+        (`timeout_s` only matters behind a proxy, where botocore sends itself)."""
+        if self._store is not None:
+            return self._store
         try:  # Powertools (and boto3 under it) load only here, on the first flush (I6)
             from aws_lambda_powertools.utilities import parameters
-            from botocore.config import Config
         except ImportError as exc:
             raise ConfigError(f"{self.variable} is set but aws-lambda-powertools (with boto3) "
                               "is not installed: pip install 'amp-lite[powertools,sqs]'") from exc
-        config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
-                        retries={"total_max_attempts": 1, "mode": "standard"})
-        if self.variable == ENV_API_KEY_SECRET:
-            return parameters.SecretsProvider(boto_config=config)
-        return parameters.SSMProvider(boto_config=config)
+        secret = self.variable == ENV_API_KEY_SECRET
+        client = bounded_client("secretsmanager" if secret else "ssm", region=None,
+                                timeout_s=timeout_s)
+        self._store = (parameters.SecretsProvider(boto3_client=client) if secret
+                       else parameters.SSMProvider(boto3_client=client))
+        return self._store
 
 
 def provider_label(provider: Callable[..., str]) -> str:

@@ -20,12 +20,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._aws_http import bounded_by, bounded_client
 from .._deadline import Deadline
 from .._errors import ConfigError, OverflowWriteError, brief
 from .._wire import BufferedEvent
@@ -42,10 +41,6 @@ MAX_QUEUE_NAME = 80  # SQS: the .fifo suffix included
 EXPECTED_QUEUE_URL = ("https://sqs.<region>.amazonaws.com/<account-id>/<queue-name> (or, for "
                       "local testing with moto or LocalStack, an endpoint URL ending in "
                       "/<account-id>/<queue-name>)")
-
-# The deadline of the write in progress in this context (thread), read by the before-send hook.
-_write_deadline: ContextVar[Deadline | None] = ContextVar("amp_lite_sqs_deadline", default=None)
-
 
 class SQSOverflow:
     """Overflow to the SQS queue at `queue_url`.
@@ -124,7 +119,7 @@ class SQSOverflow:
         if deadline.remaining_s() < MIN_CALL_S:
             return None
         try:
-            with _bounded_by(deadline):
+            with bounded_by(deadline):
                 return client.send_message_batch(
                     QueueUrl=self.queue_url,
                     Entries=[{"Id": entry_id, "MessageBody": m.body,
@@ -206,80 +201,11 @@ def _log_unwritten(pending: Mapping[str, OverflowMessage], confirmed: set[str],
                        len(failed), unanswered)
 
 
-@contextmanager
-def _bounded_by(deadline: Deadline) -> Iterator[None]:
-    token = _write_deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _write_deadline.reset(token)
-
-
 def _build_client(region: str | None, reserve_s: float) -> Any:
     try:
-        import boto3
-        import botocore.session
-        from botocore.config import Config
+        return bounded_client("sqs", region=region, timeout_s=reserve_s)
     except ImportError as exc:
         raise OverflowWriteError("SQSOverflow needs boto3: pip install 'amp-lite[sqs]'") from exc
-    core = botocore.session.get_session()
-    # No retries of botocore's own: Failed entries are resent here, while time allows. Its
-    # timeouts only matter when it sends itself (through a proxy: _use_bounded_http).
-    config = Config(connect_timeout=reserve_s, read_timeout=reserve_s,
-                    retries={"total_max_attempts": 1, "mode": "standard"})
-    try:
-        client = boto3.session.Session(botocore_session=core).client(
-            "sqs", region_name=region, config=config)
     except Exception as exc:  # NoRegionError and friends
         raise OverflowWriteError(f"could not create an SQS client ({type(exc).__name__}: "
                                  f"{exc}); set AWS_REGION") from exc
-    _use_bounded_http(client, core)
-    return client
-
-
-def _use_bounded_http(client: Any, core: Any) -> None:
-    """Make `client` send through BoundedHttp, unless botocore would go through a proxy
-    (HTTPS_PROXY...), which BoundedHttp does not speak: then botocore sends, per-receive
-    timeouts and all."""
-    from botocore.httpsession import get_cert_path
-    from botocore.utils import get_environ_proxies
-
-    from .._http import BoundedHttp
-
-    if get_environ_proxies(client.meta.endpoint_url):
-        logger.warning("amp_lite: SQS goes through a proxy: its writes are bounded per receive "
-                       "(%.2f s), not as a whole", client.meta.config.read_timeout)
-        return
-    # The certificates botocore would trust: AWS_CA_BUNDLE / ca_bundle, else its own bundle.
-    http = BoundedHttp(ca_certs=core.get_config_variable("ca_bundle") or get_cert_path(True))
-    client.meta.events.register("before-send.sqs", _BoundedSender(http))
-
-
-class _BoundedSender:
-    """botocore's before-send hook: sends the signed request within the write's deadline and
-    hands botocore the reply to parse."""
-
-    def __init__(self, http: Any) -> None:
-        self._http = http
-
-    def __call__(self, request: Any, **_: Any) -> Any:
-        from botocore.awsrequest import AWSResponse
-
-        deadline = _write_deadline.get()
-        if deadline is None:  # only _call uses this client, always within a deadline
-            raise TimeoutError("amp_lite: an SQS request outside a write")
-        body = request.body or b""
-        reply = self._http.request(
-            request.method, request.url, headers=dict(request.headers.items()),
-            body=body.encode() if isinstance(body, str) else body, deadline=deadline)
-        return AWSResponse(request.url, reply.status, reply.headers, _Body(reply.body))
-
-
-class _Body:
-    """The already-read body, as AWSResponse reads it (`raw.stream()`)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
-        yield self._data

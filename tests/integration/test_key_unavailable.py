@@ -16,14 +16,15 @@ import boto3
 import pytest
 
 import amp_lite._key_sources as key_sources
-from amp_lite import Amplitude, DeliveryReport
-from amp_lite._key_sources import api_key_from_environment
+from amp_lite import Amplitude, ConfigError, Deadline, DeliveryReport
+from amp_lite._key_sources import SecretFetcher, api_key_from_environment
 from amp_lite.overflow import LocalSpill
 from amp_lite.replay import make_handler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 from tests.support.raw_server import silent_endpoint
 from tests.support.sqs_events import failed_ids, lambda_sqs_event, overflow_bodies, wire_event
+from tests.support.sqs_raw_server import SQSReplyServer, http_reply
 
 TOLERANCE_S = 0.75  # scheduling slack on a loaded 2-core machine
 SECRET = "amp/api-key"
@@ -166,3 +167,19 @@ def test_an_overflow_variable_naming_no_queue_is_reported_once_and_delivery_goes
         down = client.flush(timeout_s=1)
     assert dict(down.overflowed_to) == {"local_spill": 1}, json.dumps(down.summary())
     assert len(caplog.records) == 1  # reported once, not per flush
+
+
+def test_a_secret_store_trickling_its_reply_is_given_up_at_the_deadline(
+        aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a store that answers a byte every 50 ms (the whole reply would take about 10 s)
+    body = json.dumps({"ARN": "arn:aws:secretsmanager:us-east-1:1:secret:amp", "Name": SECRET,
+                       "SecretString": API_KEY, "VersionId": "v1"}).encode()
+    with SQSReplyServer(http_reply(body), pause_s=0.05) as store:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)
+        fetcher = SecretFetcher("AMPLITUDE_API_KEY_SECRET", SECRET)
+        # WHEN the key is fetched within 1 s
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="could not fetch the API key"):
+            fetcher(Deadline.after(1.0))
+        # THEN the whole request, not each receive, was bounded by that second
+        assert time.monotonic() - started < 1.0 + TOLERANCE_S
