@@ -36,9 +36,11 @@ def context_time_left(context: Any) -> TimeLeft | None:
 
 
 def call_time_left(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:
-    """How long an `(event, context)` call may flush: what its context says is left."""
-    context = args[1] if len(args) >= 2 else kwargs.get("context")
-    time_left = context_time_left(context)
+    """How long a call may flush: what its Lambda context says is left. The context is found
+    wherever the call shape puts it: `(event, context)`, `(self, event, context)` (a method),
+    `context=` by keyword."""
+    candidates = [kwargs.get("context"), *reversed(args[1:])]
+    time_left = next((found for found in map(context_time_left, candidates) if found), None)
     if time_left is None:
         logger.debug("amp_lite: no context.get_remaining_time_in_millis(); the flush is "
                      "bounded by flush_timeout_s only")

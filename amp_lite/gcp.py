@@ -47,8 +47,13 @@ def function_timeout_s(explicit: float | None = None,
 
 
 def is_cloud_functions_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """One argument (a request or a cloud_event), and no Lambda context."""
-    return len(args) + len(kwargs) == 1 and "context" not in kwargs
+    """One argument (a request or a cloud_event), and no Lambda context; or a 1st gen
+    background function's `(data, context)`, whose context has an event id and type."""
+    if len(args) + len(kwargs) == 1 and "context" not in kwargs:
+        return True
+    context = kwargs.get("context", args[-1] if args else None)
+    return (hasattr(context, "event_id") and hasattr(context, "event_type")
+            and not hasattr(context, "get_remaining_time_in_millis"))
 
 
 def call_budget(timeout_s: float | None = None) -> CallBudget:

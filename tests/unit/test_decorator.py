@@ -328,3 +328,47 @@ def test_bad_timeout_environment_is_reported_once_at_decoration_not_per_request(
     assert len(errors) == 1 and errors[0].exc_info is None
     assert "AMP_LITE_TIMEOUT_S" in errors[0].getMessage()
     assert len(fake.events) == 3 and client.pending == 0
+
+
+def test_a_method_handler_flushes_within_its_lambda_context(fake: FakeAmplitude) -> None:
+    # GIVEN a handler that is a method, (self, event, context), and an Amplitude that hangs
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=60)
+
+    class Service:
+        @amplitude_flush(client, margin_ms=100)
+        def handle(self, event: Any, context: Any) -> str:
+            client.track("Method", user_id="user-method")
+            return "served"
+
+    # WHEN it runs with 700 ms left / THEN the context's deadline bounds the flush (it used to
+    # read the event as the context, and only flush_timeout_s bounded it)
+    started = time.monotonic()
+    assert Service().handle({}, FakeContext(700)) == "served"
+    assert time.monotonic() - started <= 0.6 + TOLERANCE_S
+
+
+class BackgroundContext:
+    """Cloud Functions 1st gen's context for background functions: no remaining time."""
+
+    event_id = "1234567890"
+    timestamp = "2026-12-01T00:00:00.000Z"
+    event_type = "google.pubsub.topic.publish"
+    resource = "projects/p/topics/t"
+
+
+def test_a_cloud_functions_background_function_uses_the_function_timeout(
+        fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a 1st gen background function, (data, context), with a 1 s timeout
+    monkeypatch.setenv("FUNCTION_TIMEOUT_SEC", "1")
+    fake.script(*[Fault.hang(30)] * 5)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=60)
+
+    @amplitude_flush(client)
+    def on_message(data: Any, context: Any) -> None:
+        client.track("Background", user_id="user-background")
+
+    # WHEN it runs while Amplitude hangs / THEN the flush ends by 1 s minus the 500 ms margin
+    started = time.monotonic()
+    on_message({"data": "e30="}, BackgroundContext())
+    assert time.monotonic() - started <= 0.5 + TOLERANCE_S
