@@ -12,6 +12,7 @@ arguments are a ConfigError when the handler is decorated (at import, in the ini
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,7 +46,11 @@ def check_options(margin_ms: float, flush_timeout_s: float | None,
 
 def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudget,
                  margin_ms: float, flush_timeout_s: float | None) -> Handler:
-    """`handler`, flushing its events at exit; `client=None` is the default client."""
+    """`handler`, flushing its events at exit; `client=None` is the default client. An
+    `async def` handler stays one: it is awaited inside the scope, then flushed (with the
+    synchronous flush: harmless where one process serves one request, as on Lambda)."""
+    if inspect.iscoroutinefunction(handler):
+        return _wrap_coroutine(handler, client, budget, margin_ms, flush_timeout_s)
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,6 +59,19 @@ def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudg
             return handler(*args, **kwargs)
         with scope:
             return handler(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _wrap_coroutine(handler: Handler, client: Amplitude | None, budget: CallBudget,
+                    margin_ms: float, flush_timeout_s: float | None) -> Handler:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = _open_scope(client, budget, args, kwargs, margin_ms, flush_timeout_s)
+        if scope is None:
+            return await handler(*args, **kwargs)
+        with scope:  # the scope's ContextVar is this task's: the awaited handler tracks into it
+            return await handler(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

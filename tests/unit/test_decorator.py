@@ -372,3 +372,39 @@ def test_a_cloud_functions_background_function_uses_the_function_timeout(
     started = time.monotonic()
     on_message({"data": "e30="}, BackgroundContext())
     assert time.monotonic() - started <= 0.5 + TOLERANCE_S
+
+
+def test_an_async_handler_is_awaited_then_flushed(fake: FakeAmplitude) -> None:
+    import asyncio
+
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+
+    # GIVEN an async def handler that tracks after an await
+    @amplitude_flush(client)
+    async def handler(event: Any, context: Any) -> str:
+        await asyncio.sleep(0)
+        client.track("Async", user_id="user-async")
+        return "async ok"
+
+    # THEN it is still a coroutine function with the handler's name
+    assert inspect.iscoroutinefunction(handler) and handler.__name__ == "handler"
+    # WHEN it runs / THEN its result passes through and its event was flushed by its scope
+    # (it used to stay in memory: the wrapper returned the coroutine before it ran)
+    assert asyncio.run(handler({}, FakeContext(3000))) == "async ok"
+    assert [e["event_type"] for e in fake.events] == ["Async"]
+    assert client.pending == 0
+
+
+def test_an_async_handlers_exception_passes_through_after_the_flush(fake: FakeAmplitude) -> None:
+    import asyncio
+
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+
+    @amplitude_flush(client)
+    async def handler(event: Any, context: Any) -> None:
+        client.track("Before Failing", user_id="user-async")
+        raise KeyError("the handler's own")
+
+    with pytest.raises(KeyError, match="the handler's own"):
+        asyncio.run(handler({}, FakeContext(3000)))
+    assert [e["event_type"] for e in fake.events] == ["Before Failing"]
