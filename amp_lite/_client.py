@@ -173,7 +173,12 @@ class Amplitude:
 
     def _append(self, buffered: BufferedEvent, insert_id: str) -> str:
         buffer = self._scopes.current()
-        count, size = buffer.append(buffered)
+        sizes = buffer.append(buffered)
+        if sizes is None:  # its scope closed meanwhile: the client's own buffer takes it
+            buffer = self._scopes.outside
+            sizes = buffer.append(buffered)
+            assert sizes is not None, "the client's own buffer is never closed"
+        count, size = sizes
         if count > self.config.max_buffered_events or size > self.config.max_buffered_bytes:
             # Bounded memory: the oldest events overflow now; the next flush reports them.
             excess = buffer.take_oldest(
@@ -213,7 +218,7 @@ class Amplitude:
                else positive_seconds(flush_timeout_s, "flush_timeout_s"))
         if time_left is None and remaining_time_ms is not None:
             time_left = from_milliseconds(remaining_time_ms)
-        return Invocation(self._scopes, self._flush_buffer, flush_timeout_s=cap,
+        return Invocation(self._scopes, self, flush_timeout_s=cap,
                           time_left=time_left, margin_ms=margin_ms,
                           timeout_s=None if time_left else timeout_s)
 
@@ -230,26 +235,47 @@ class Amplitude:
         sender = self._route.sender(deadline=deadline, min_id_length=min_id_length)
         return bound(self._retry, sender).send_events_with_retry(events, deadline)
 
+    async def aflush(self, *, timeout_s: float | None = None) -> DeliveryReport:
+        """`flush()` for code on an event loop: awaits the network instead of blocking it."""
+        return self.flush(timeout_s=timeout_s)
+
+    def flush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
+        """A scope's flush: its buffer and what reached the client's own buffer meanwhile
+        (events tracked from threads, callbacks, code around the decorator). Never raises."""
+        return self._flush_buffer(buffer, deadline, adopt=self._scopes.outside)
+
+    async def aflush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
+        return self.flush_scope(buffer, deadline)
+
     def _flush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
-                      raise_config_error: bool = False) -> DeliveryReport:
-        """Flush `buffer` within `deadline`. Without `raise_config_error` it never raises for
-        a missing key: the events are counted as dropped instead (a scope's exit)."""
+                      raise_config_error: bool = False,
+                      adopt: EventBuffer | None = None) -> DeliveryReport:
+        """Flush `buffer` (after the events of `adopt`, when given) within `deadline`. Without
+        `raise_config_error` it never raises for a missing key: the events are counted as
+        dropped instead (a scope's exit)."""
         started = monotonic()
         if not self.config.enabled:
             return DeliveryReport()
-        events = buffer.take_all()
+        buffers = (buffer,) if adopt is None or adopt is buffer else (adopt, buffer)
+        adopted = adopt.take_all() if len(buffers) > 1 and adopt is not None else []
+        events = adopted + buffer.take_all()
         tally = Tally(tracked=len(events))
         if events or self._route.api_key_known():  # else: reading the spill back needs the key
             try:
                 tally = Delivery(self._route, deadline).run(events, self._retry)
             except ConfigError as exc:
-                if events and raise_config_error:
+                if events and raise_config_error:  # one buffer: no scope adopts on flush()
                     buffer.put_back(events)
                     raise
                 tally = undeliverable(self._route, events, exc, deadline)
-        tally.merge(buffer.take_early())  # events overflowed earlier, past the buffer cap
+        tally.outside = len(adopted)
+        return self._report(tally, buffers, started)
+
+    def _report(self, tally: Tally, buffers: Sequence[EventBuffer],
+                started: float) -> DeliveryReport:
+        for each in buffers:
+            tally.merge(each.take_early())  # events overflowed earlier, past the buffer cap
         report = tally.report(elapsed_ms=(monotonic() - started) * 1000)
         if report.tracked or report.recovered:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
-

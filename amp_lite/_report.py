@@ -49,9 +49,12 @@ class DeliveryReport:
 
     `tracked + recovered == delivered + rejected + overflowed + dropped`, where `tracked` counts
     the buffered events the flush took and `recovered` those it read back from the local spill.
+    `outside` counts those of `tracked` that a scope's flush took from the client's own buffer
+    (tracked outside any scope: from a thread, a callback, code around the decorator).
     """
 
     tracked: int = 0
+    outside: int = 0
     recovered: int = 0
     delivered: int = 0
     rejected: int = 0
@@ -74,7 +77,8 @@ class DeliveryReport:
     def summary(self) -> dict[str, object]:
         """A flat dict for one structured log line: counts only, never event contents."""
         return {
-            "tracked": self.tracked, "recovered": self.recovered, "delivered": self.delivered,
+            "tracked": self.tracked, "outside": self.outside, "recovered": self.recovered,
+            "delivered": self.delivered,
             "rejected": self.rejected, "overflowed": self.overflowed, "dropped": self.dropped,
             "attempts": self.attempts, "elapsed_ms": round(self.elapsed_ms, 1),
             "deadline_hit": self.deadline_hit,
@@ -90,6 +94,7 @@ class Tally:
     """The mutable counterpart of DeliveryReport, filled in while a flush runs."""
 
     tracked: int = 0
+    outside: int = 0
     recovered: int = 0
     delivered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -107,6 +112,7 @@ class Tally:
 
     def merge(self, other: Tally) -> None:
         self.tracked += other.tracked
+        self.outside += other.outside
         self.recovered += other.recovered
         self.delivered += other.delivered
         self.rejected.update(other.rejected)
@@ -118,7 +124,8 @@ class Tally:
 
     def report(self, elapsed_ms: float) -> DeliveryReport:
         return DeliveryReport(
-            tracked=self.tracked, recovered=self.recovered, delivered=self.delivered,
+            tracked=self.tracked, outside=self.outside, recovered=self.recovered,
+            delivered=self.delivered,
             rejected=sum(self.rejected.values()), overflowed=sum(self.overflowed.values()),
             dropped=sum(self.dropped.values()), rejected_reasons=_frozen(self.rejected),
             overflowed_reasons=_frozen(self.overflowed), overflowed_to=_frozen(self.overflowed_to),

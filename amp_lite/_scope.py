@@ -2,7 +2,12 @@
 
 Each invocation scope has its own buffer, found through a ContextVar, so concurrent requests in
 one process (Cloud Functions gen2 serves many, in threads) each flush their own events. Events
-tracked outside any scope go to the client's own buffer.
+tracked outside any scope go to the client's own buffer: a thread the handler started (threads
+do not inherit contextvars), a callback, code in a decorator around ours. So that none is
+stranded there, every scope's flush also takes what reached the client's own buffer in the
+meantime (the report counts them as `outside`). A scope's buffer is closed at its exit: events
+tracked into it afterwards (a thread that copied the context and outlived the handler) go to the
+client's own buffer too, for the next flush.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
+from typing import Protocol
 
 from . import _report as r
 from ._deadline import Deadline
@@ -22,7 +28,15 @@ from ._wire import BufferedEvent
 logger = logging.getLogger("amp_lite")
 
 TimeLeft = Callable[[], float]  # seconds the invocation has left, read when the flush starts
-FlushBuffer = Callable[["EventBuffer", Deadline], DeliveryReport]  # must never raise
+
+
+class Flusher(Protocol):
+    """What a scope flushes with (the client): both never raise."""
+
+    def flush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport: ...
+
+    def aflush_scope(self, buffer: EventBuffer,
+                     deadline: Deadline) -> Awaitable[DeliveryReport]: ...
 
 
 class EventBuffer:
@@ -32,12 +46,13 @@ class EventBuffer:
     passed its cap); the next flush reports them, so every tracked event is accounted for.
     """
 
-    __slots__ = ("_bytes", "_early", "_events", "_lock")
+    __slots__ = ("_bytes", "_closed", "_early", "_events", "_lock")
 
     def __init__(self) -> None:
         self._events: list[BufferedEvent] = []
         self._bytes = 0
         self._early = Tally()
+        self._closed = False
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -47,9 +62,21 @@ class EventBuffer:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def append(self, event: BufferedEvent) -> tuple[int, int]:
-        """Add an event; returns the buffer's event count and encoded bytes after it."""
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Accept no more events (the scope exited); what is in it stays to be flushed."""
         with self._lock:
+            self._closed = True
+
+    def append(self, event: BufferedEvent) -> tuple[int, int] | None:
+        """Add an event; returns the buffer's event count and encoded bytes after it, or None
+        (the event not added) when the buffer is closed."""
+        with self._lock:
+            if self._closed:
+                return None
             self._events.append(event)
             self._bytes += len(event.raw)
             return len(self._events), self._bytes
@@ -99,7 +126,7 @@ class Scopes:
 
     def current(self) -> EventBuffer:
         scope = self._current.get()
-        return self.outside if scope is None else scope
+        return self.outside if scope is None or scope.closed else scope
 
     def enter(self, buffer: EventBuffer) -> Token[EventBuffer | None]:
         return self._current.set(buffer)
@@ -112,19 +139,20 @@ class Scopes:
 class Invocation:
     """A per-invocation scope (a context manager): its own buffer, flushed at exit.
 
-    The flush deadline is the smaller of `flush_timeout_s` and what is left of the invocation
+    Use it with `with` or `async with` (whose exit awaits the async flush, `aflush()`). The
+    flush deadline is the smaller of `flush_timeout_s` and what is left of the invocation
     (`time_left()`, or `timeout_s` from the start of the block, when known) minus
-    `margin_ms`. The flush at exit never raises: problems
-    are logged and counted in `report`. Made by `Amplitude.invocation()`.
+    `margin_ms`. The flush at exit never raises: problems are logged and counted in `report`.
+    Made by `Amplitude.invocation()`.
     """
 
-    def __init__(self, scopes: Scopes, flush_buffer: FlushBuffer, *, flush_timeout_s: float,
+    def __init__(self, scopes: Scopes, flusher: Flusher, *, flush_timeout_s: float,
                  time_left: TimeLeft | None, margin_ms: float,
                  timeout_s: float | None = None) -> None:
         self.buffer = EventBuffer()
         self.report: DeliveryReport | None = None
         self._scopes = scopes
-        self._flush_buffer = flush_buffer
+        self._flusher = flusher
         self._flush_timeout_s = flush_timeout_s
         self._time_left = time_left
         self._timeout_s = timeout_s  # counted from the start of the `with` block
@@ -132,25 +160,62 @@ class Invocation:
         self._token: Token[EventBuffer | None] | None = None
 
     def __enter__(self) -> Invocation:
-        if self._timeout_s is not None:
-            self._time_left = countdown(self._timeout_s)
-        self._token = self._scopes.enter(self.buffer)
+        self.enter()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            self._scopes.leave(self._token)
+        self.close()
         self.report = self.flush()
 
+    async def __aenter__(self) -> Invocation:
+        self.enter()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        self.report = await self.aflush()
+
+    def enter(self) -> None:
+        """Make this scope the current one in this context (what `with` does first). May be
+        called again after `leave()`, to track into the scope from elsewhere (a streamed
+        body); `timeout_s` counts from the first call."""
+        if self._timeout_s is not None and self._time_left is None:
+            self._time_left = countdown(self._timeout_s)
+        self._token = self._scopes.enter(self.buffer)
+
+    def leave(self) -> None:
+        """Stop being the current scope in this context; the scope stays open."""
+        if self._token is not None:
+            self._scopes.leave(self._token)
+            self._token = None
+
+    def close(self) -> None:
+        """Leave, and accept no more events (what `with` does before its flush): events tracked
+        into this scope from now on go to the client's own buffer."""
+        self.leave()
+        self.buffer.close()
+
     def flush(self) -> DeliveryReport:
-        """Flush this scope's buffer now, within what is left of the invocation."""
+        """Flush this scope's buffer (and the client's own) now, within what is left of the
+        invocation."""
         try:
-            return self._flush_buffer(self.buffer, self.flush_deadline())
+            return self._flusher.flush_scope(self.buffer, self.flush_deadline())
         except Exception:
-            logger.exception("amp_lite: flush at the end of an invocation failed")
-            lost = len(self.buffer.take_all())
-            return DeliveryReport(tracked=lost, dropped=lost,
-                                  dropped_reasons={r.DROPPED_INTERNAL: lost} if lost else {})
+            return self._failed()
+
+    async def aflush(self) -> DeliveryReport:
+        """`flush()`, awaiting the network instead of blocking the event loop (with the
+        `amp-lite[async]` extra; without it, the same as `flush()`)."""
+        try:
+            return await self._flusher.aflush_scope(self.buffer, self.flush_deadline())
+        except Exception:
+            return self._failed()
+
+    def _failed(self) -> DeliveryReport:
+        logger.exception("amp_lite: flush at the end of an invocation failed")
+        lost = len(self.buffer.take_all())
+        return DeliveryReport(tracked=lost, dropped=lost,
+                              dropped_reasons={r.DROPPED_INTERNAL: lost} if lost else {})
 
     def flush_deadline(self) -> Deadline:
         budget = self._flush_timeout_s

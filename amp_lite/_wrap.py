@@ -47,8 +47,8 @@ def check_options(margin_ms: float, flush_timeout_s: float | None,
 def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudget,
                  margin_ms: float, flush_timeout_s: float | None) -> Handler:
     """`handler`, flushing its events at exit; `client=None` is the default client. An
-    `async def` handler stays one: it is awaited inside the scope, then flushed (with the
-    synchronous flush: harmless where one process serves one request, as on Lambda)."""
+    `async def` handler stays one: it is awaited inside the scope, then flushed with the
+    async flush (`Invocation.aflush`), which does not block the event loop."""
     if inspect.iscoroutinefunction(handler):
         return _wrap_coroutine(handler, client, budget, margin_ms, flush_timeout_s)
 
@@ -70,7 +70,7 @@ def _wrap_coroutine(handler: Handler, client: Amplitude | None, budget: CallBudg
         scope = _open_scope(client, budget, args, kwargs, margin_ms, flush_timeout_s)
         if scope is None:
             return await handler(*args, **kwargs)
-        with scope:  # the scope's ContextVar is this task's: the awaited handler tracks into it
+        async with scope:  # the scope's ContextVar is this task's: the handler tracks into it
             return await handler(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -287,7 +287,7 @@ def test_i2_every_event_is_accounted_for_across_invocations(fake: FakeAmplitude,
     summary = [(r.tracked, r.recovered, r.delivered, r.rejected, r.overflowed, r.dropped)
                for r in reports]
     assert summary == [
-        (3, 0, 3, 0, 0, 0),
+        (4, 0, 4, 0, 0, 0),  # the first scope's exit also takes the event tracked outside
         (3, 0, 2, 1, 0, 0),
         (4, 0, 0, 0, 4, 0),  # the outage: spilled for "deadline"
         (2, 4, 5, 0, 1, 0),  # recovers the 4, delivers them and 1 new; 1 throttled is spilled
@@ -297,12 +297,11 @@ def test_i2_every_event_is_accounted_for_across_invocations(fake: FakeAmplitude,
     assert reports[2].overflowed_reasons == {"deadline": 4}
     assert reports[3].overflowed_reasons == {"throttled": 1}
     # ... across the sequence, tracked == delivered + rejected (the spill ends empty) ...
-    assert sum(r.tracked for r in reports) == len(tracked) == 13
+    assert sum(r.tracked for r in reports) == len(tracked) + 1 == 14
+    assert [r.outside for r in reports] == [1, 0, 0, 0, 0]
     settled = sum(r.delivered + r.rejected for r in reports)
-    assert settled == len(tracked)
+    assert settled == len(tracked) + 1
     assert spill.pending_files() == []
-    assert sorted(fake.insert_ids) == sorted(i for i in tracked if i != tracked[4])
+    assert sorted(fake.insert_ids) == sorted([outside, *(i for i in tracked if i != tracked[4])])
     assert fake.duplicates == 0
-    # ... and the event tracked outside any scope stays pending in the client's own buffer
-    assert client.pending == 1
-    assert outside not in fake.insert_ids
+    assert client.pending == 0

@@ -3,11 +3,13 @@ spill recovery and the accounting of every event (docs/design.md invariants I2, 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -114,8 +116,8 @@ def test_scope_buffers_and_flushes_at_exit(fake: FakeAmplitude) -> None:
     assert client.pending == 0
 
 
-def test_events_outside_any_scope_stay_in_the_client_buffer(fake: FakeAmplitude) -> None:
-    # GIVEN one event tracked outside any scope
+def test_a_scope_exit_also_flushes_events_tracked_outside_any_scope(fake: FakeAmplitude) -> None:
+    # GIVEN one event tracked outside any scope (code around the decorator, say)
     client = make_client(fake)
     [outside] = track_n(client, 1, name="outside")
 
@@ -124,15 +126,44 @@ def test_events_outside_any_scope_stay_in_the_client_buffer(fake: FakeAmplitude)
         assert client.pending == 0  # the scope has its own, empty buffer
         inside = track_n(client, 2, name="inside")
 
-    # THEN the scope flushed only its own events; the outside one is still pending
+    # THEN the exit flushed the scope's events and the one outside, which the report counts
     report = assert_balanced(inv.report)
-    assert (report.tracked, report.delivered) == (2, 2)
-    assert sorted(fake.insert_ids) == sorted(inside)
+    assert (report.tracked, report.outside, report.delivered) == (3, 1, 3)
+    assert sorted(fake.insert_ids) == sorted([outside, *inside])
+    assert report.summary()["outside"] == 1
+    assert client.pending == 0
+
+
+def test_events_from_a_thread_the_handler_starts_are_flushed_at_its_exit(
+        fake: FakeAmplitude) -> None:
+    # GIVEN a scope whose code tracks from a thread pool (threads do not inherit contextvars)
+    client = make_client(fake)
+    with client.invocation(timeout_s=5) as inv, ThreadPoolExecutor(max_workers=2) as pool:
+        ids = list(pool.map(lambda n: client.track("threaded", user_id=f"user-{n}"),
+                            range(6)))
+
+    # THEN the scope's exit delivered them all
+    report = assert_balanced(inv.report)
+    assert (report.tracked, report.outside, report.delivered) == (6, 6, 6)
+    assert sorted(fake.insert_ids) == sorted(ids)
+
+
+def test_events_tracked_into_a_closed_scope_wait_in_the_client_buffer(
+        fake: FakeAmplitude) -> None:
+    # GIVEN a context copied inside a scope (as a thread started with copy_context().run)
+    client = make_client(fake)
+    with client.invocation(timeout_s=5) as inv:
+        copied = contextvars.copy_context()
+    assert inv.report is not None and inv.report.tracked == 0
+
+    # WHEN it tracks after the scope exited
+    late = copied.run(client.track, "late", user_id="user-1")
+
+    # THEN the event is not stranded in the closed scope: the next flush sends it
     assert client.pending == 1
-    # AND an explicit flush outside the scope sends it
-    flushed = client.flush(timeout_s=5)
+    flushed = assert_balanced(client.flush(timeout_s=5))
     assert (flushed.tracked, flushed.delivered) == (1, 1)
-    assert outside in fake.insert_ids
+    assert fake.insert_ids == [late]
 
 
 def test_nested_scopes_flush_their_own_events(fake: FakeAmplitude) -> None:
