@@ -236,8 +236,13 @@ class Amplitude:
         return bound(self._retry, sender).send_events_with_retry(events, deadline)
 
     async def aflush(self, *, timeout_s: float | None = None) -> DeliveryReport:
-        """`flush()` for code on an event loop: awaits the network instead of blocking it."""
-        return self.flush(timeout_s=timeout_s)
+        """`flush()` for code on an event loop: the requests and the pauses between retries
+        are awaited, so other tasks keep running (with the `amp-lite[async]` extra, or a
+        transport of yours with `apost`; else it is `flush()`, which blocks the loop)."""
+        budget = (self.config.flush_timeout_s if timeout_s is None
+                  else positive_seconds(timeout_s, "timeout_s"))
+        return await self._aflush_buffer(self._scopes.current(), Deadline.after(budget),
+                                         raise_config_error=True)
 
     def flush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
         """A scope's flush: its buffer and what reached the client's own buffer meanwhile
@@ -245,7 +250,8 @@ class Amplitude:
         return self._flush_buffer(buffer, deadline, adopt=self._scopes.outside)
 
     async def aflush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
-        return self.flush_scope(buffer, deadline)
+        """`flush_scope`, awaited (see `aflush`)."""
+        return await self._aflush_buffer(buffer, deadline, adopt=self._scopes.outside)
 
     def _flush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
                       raise_config_error: bool = False,
@@ -256,26 +262,56 @@ class Amplitude:
         started = monotonic()
         if not self.config.enabled:
             return DeliveryReport()
-        buffers = (buffer,) if adopt is None or adopt is buffer else (adopt, buffer)
-        adopted = adopt.take_all() if len(buffers) > 1 and adopt is not None else []
-        events = adopted + buffer.take_all()
+        buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))
         if events or self._route.api_key_known():  # else: reading the spill back needs the key
             try:
                 tally = Delivery(self._route, deadline).run(events, self._retry)
             except ConfigError as exc:
-                if events and raise_config_error:  # one buffer: no scope adopts on flush()
-                    buffer.put_back(events)
-                    raise
-                tally = undeliverable(self._route, events, exc, deadline)
-        tally.outside = len(adopted)
-        return self._report(tally, buffers, started)
+                tally = self._without_key(exc, buffer, events, deadline, raise_config_error)
+        return self._report(tally, outside, buffers, started)
 
-    def _report(self, tally: Tally, buffers: Sequence[EventBuffer],
+    async def _aflush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
+                             raise_config_error: bool = False,
+                             adopt: EventBuffer | None = None) -> DeliveryReport:
+        """`_flush_buffer`, awaited; the sync one when the async flush cannot await."""
+        if not self.config.enabled:
+            return DeliveryReport()
+        if not self._route.can_await():
+            return self._flush_buffer(buffer, deadline, raise_config_error=raise_config_error,
+                                      adopt=adopt)
+        started = monotonic()
+        buffers, events, outside = _take(buffer, adopt)
+        tally = Tally(tracked=len(events))
+        if events or self._route.api_key_known():
+            try:
+                tally = await Delivery(self._route, deadline).arun(events, self._retry)
+            except ConfigError as exc:
+                tally = self._without_key(exc, buffer, events, deadline, raise_config_error)
+        return self._report(tally, outside, buffers, started)
+
+    def _without_key(self, exc: ConfigError, buffer: EventBuffer, events: list[BufferedEvent],
+                     deadline: Deadline, raise_config_error: bool) -> Tally:
+        if events and raise_config_error:  # flush(): one buffer, nothing adopted
+            buffer.put_back(events)
+            raise exc
+        return undeliverable(self._route, events, exc, deadline)
+
+    def _report(self, tally: Tally, outside: int, buffers: Sequence[EventBuffer],
                 started: float) -> DeliveryReport:
+        tally.outside = outside
         for each in buffers:
             tally.merge(each.take_early())  # events overflowed earlier, past the buffer cap
         report = tally.report(elapsed_ms=(monotonic() - started) * 1000)
         if report.tracked or report.recovered:
             logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
         return report
+
+
+def _take(buffer: EventBuffer, adopt: EventBuffer | None,
+          ) -> tuple[tuple[EventBuffer, ...], list[BufferedEvent], int]:
+    """The buffers a flush empties, their events (`adopt`'s first), and how many were adopt's."""
+    if adopt is None or adopt is buffer:
+        return (buffer,), buffer.take_all(), 0
+    adopted = adopt.take_all()
+    return (adopt, buffer), adopted + buffer.take_all(), len(adopted)

@@ -3,15 +3,19 @@
 `Delivery(route, deadline).run(events, retry)` resolves the API key and the transport, reads
 back the local spill when there is time, lets the retry strategy send, and writes what is left
 to the overflow sinks, all under the flush's deadline; it returns the Tally of where every
-event went (invariant I2). `Route` holds what the flushes of one client share: the key (a
-provider is asked once), the pooled transport and the overflow sinks.
+event went (invariant I2). `arun` is the same flush on an event loop: the strategy's requests
+and pauses are awaited; the key fetch, the spill and the SQS write stay blocking, bounded as
+in the sync flush (they are rare: once per process, or only when Amplitude failed). `Route`
+holds what the flushes of one client share: the key (a provider is asked once), the pooled
+transports and the overflow sinks.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 
 from . import _report as r
 from ._config import MISSING_API_KEY, ClientConfig
@@ -19,9 +23,9 @@ from ._deadline import Deadline
 from ._errors import ConfigError, KeyUnavailableError, OverflowWriteError
 from ._key_sources import ProvidedKey, provider_label
 from ._report import Tally
-from ._retry import BaseRetryHandler, Retry, SendOutcome
+from ._retry import BaseRetryHandler, Retry, SendOutcome, runs_async
 from ._sender import Sender
-from ._transport import Transport
+from ._transport import AsyncTransport, Transport
 from ._wire import BufferedEvent
 from .overflow import OverflowSink, RecoverableSink, SpillClaim
 from .overflow._defaults import OverflowArgument, resolve_sinks
@@ -43,11 +47,14 @@ class Route:
         self.config = config
         self._overflow = overflow
         self._transport = transport
+        self._transport_given = transport is not None
         provider = config.api_key_provider
         self._provided = ProvidedKey(provider) if provider is not None else None
         identity = config.api_key or (provider_label(provider) if provider else None)
         self._sinks = None if identity is None else resolve_sinks(overflow, identity,
                                                                    config.server_url)
+        self._async_transport: AsyncTransport | None = None
+        self._no_async: str | None = None  # why the async flush is the sync one, once known
         self._lock = threading.Lock()  # concurrent flushes (Cloud Functions gen2 threads)
 
     def api_key_known(self) -> bool:
@@ -60,9 +67,10 @@ class Route:
             return self.config.require_api_key()
         return self._provided.get(deadline)
 
-    def sender(self, *, deadline: Deadline | None = None,
-               min_id_length: int | None = None) -> Sender:
-        """A sender bound to the key; `min_id_length` overrides the client's request option."""
+    def sender(self, *, deadline: Deadline | None = None, min_id_length: int | None = None,
+               asynchronous: bool = False) -> Sender:
+        """A sender bound to the key; `min_id_length` overrides the client's request option;
+        `asynchronous` adds the async transport (only when `can_await()`)."""
         api_key = self.api_key(deadline)
         with self._lock:
             if self._transport is None:
@@ -72,11 +80,36 @@ class Route:
                                                 ca_certs=self.config.ca_certs)
             transport = self._transport
         return Sender(transport=transport, api_key=api_key,
+                      async_transport=self._async_transport if asynchronous else None,
                       min_id_length=(self.config.min_id_length if min_id_length is None
                                      else min_id_length),
                       max_events=self.config.max_request_events,
                       max_bytes=self.config.max_request_bytes,
                       request_timeout_s=self.config.request_timeout_s)
+
+    def can_await(self) -> bool:
+        """Whether an async flush can await its requests: a transport of yours with `apost`,
+        or (with none given) the `amp-lite[async]` extra installed. Else the async flush is
+        the sync one, which blocks the event loop (said once, at INFO)."""
+        with self._lock:
+            if self._async_transport is None and self._no_async is None:
+                self._async_transport, self._no_async = self._async_transport_or_why()
+                if self._no_async:  # harmless where one process serves one request (Lambda)
+                    logger.info("amp_lite: the async flush blocks the event loop: %s",
+                                self._no_async)
+            return self._async_transport is not None
+
+    def _async_transport_or_why(self) -> tuple[AsyncTransport | None, str | None]:
+        if self._transport_given:
+            if isinstance(self._transport, AsyncTransport):
+                return self._transport, None
+            return None, "Amplitude(transport=...) has no apost() method"
+        try:
+            from ._async_http import AsyncHttpTransport  # httpcore loads on the first await
+        except ImportError as exc:
+            return None, f"install amp-lite[async] ({exc})"
+        return AsyncHttpTransport(self.config.server_url, gzip=self.config.gzip,
+                                  ca_certs=self.config.ca_certs), None
 
     def reserve_s(self) -> float:
         """The time the sinks' writes are kept: 0 when there are none yet (no key at all)."""
@@ -90,9 +123,11 @@ class Route:
 
     def close(self) -> None:
         with self._lock:
-            close = getattr(self._transport, "close", None)
-            if callable(close):
-                close()
+            transports = {id(t): t for t in (self._transport, self._async_transport) if t}
+            for transport in transports.values():
+                close = getattr(transport, "close", None)
+                if callable(close):
+                    close()
 
 
 def bound(retry: Retry, sender: Sender) -> Retry:
@@ -100,8 +135,22 @@ def bound(retry: Retry, sender: Sender) -> Retry:
     return retry.bind(sender) if isinstance(retry, BaseRetryHandler) else retry
 
 
+@dataclass(frozen=True)
+class _Send:
+    """A step of a delivery plan: let `strategy` send `batch` by `deadline`; the plan is
+    sent the SendOutcome."""
+
+    strategy: Retry
+    batch: list[BufferedEvent]
+    deadline: Deadline
+
+
+_DeliveryPlan = Generator[_Send, SendOutcome, None]
+
+
 class Delivery:
-    """One flush of `events` under `deadline`."""
+    """One flush of `events` under `deadline`. The flush is written once, as a plan
+    (`_deliver`) whose sends `run` takes blocking and `arun` awaits."""
 
     def __init__(self, route: Route, deadline: Deadline) -> None:
         self._route = route
@@ -110,22 +159,63 @@ class Delivery:
     def run(self, events: list[BufferedEvent], retry: Retry) -> Tally:
         """Deliver, reject or overflow every event. Raises ConfigError, before any event is
         touched, when the API key is missing or cannot be fetched (KeyUnavailableError)."""
-        try:  # the key fetch leaves the sinks their reserve: its events may need them
-            sender = self._route.sender(deadline=self.deadline.shortened_by(
-                self._route.reserve_s()))
-        except ConfigError:
-            raise
-        except Exception as exc:  # the HTTP stack cannot be built (urllib3, OpenSSL...)
-            logger.error("amp_lite: cannot send (%s: %s); %d events are overflowed",
-                         type(exc).__name__, exc, len(events))
+        sender = self._sender(asynchronous=False)
+        if sender is None:
             return self.overflow(events, r.UNSETTLED_NO_TRANSPORT)
         tally = Tally(tracked=len(events))
         try:
-            self._deliver(events, retry, sender, tally)
+            plan = self._deliver(events, retry, sender, tally)
+            step = next(plan, None)
+            while step is not None:
+                step = _next(plan, step.strategy.send_events_with_retry(step.batch,
+                                                                        step.deadline))
         except Exception:  # a bug of ours must not lose events silently or reach the handler
-            logger.exception("amp_lite: internal error during flush")
-            tally.dropped[r.DROPPED_INTERNAL] += tally.tracked + tally.recovered - tally.settled
+            self._internal_error(tally)
         return tally
+
+    async def arun(self, events: list[BufferedEvent], retry: Retry) -> Tally:
+        """`run`, awaiting the strategy's requests and pauses (a strategy of yours without
+        `asend_events_with_retry` runs blocking). Cancelled, it overflows every event of the
+        flush before re-raising: some may be delivered twice, none is lost (insert_id)."""
+        import asyncio
+
+        sender = self._sender(asynchronous=True)
+        if sender is None:
+            return self.overflow(events, r.UNSETTLED_NO_TRANSPORT)
+        tally = Tally(tracked=len(events))
+        awaitable = runs_async(retry)
+        try:
+            plan = self._deliver(events, retry, sender, tally)
+            step = next(plan, None)
+            while step is not None:
+                outcome = (await step.strategy.asend_events_with_retry(  # type: ignore[attr-defined]
+                    step.batch, step.deadline) if awaitable
+                    else step.strategy.send_events_with_retry(step.batch, step.deadline))
+                step = _next(plan, outcome)
+        except asyncio.CancelledError:
+            logger.warning("amp_lite: the flush was cancelled; its %d events are overflowed",
+                           len(events))
+            self.overflow(events, r.UNSETTLED_CANCELLED)
+            raise
+        except Exception:  # a bug of ours must not lose events silently or reach the handler
+            self._internal_error(tally)
+        return tally
+
+    def _sender(self, *, asynchronous: bool) -> Sender | None:
+        """The flush's sender; None when the HTTP stack cannot be built (logged)."""
+        try:  # the key fetch leaves the sinks their reserve: its events may need them
+            return self._route.sender(deadline=self.deadline.shortened_by(
+                self._route.reserve_s()), asynchronous=asynchronous)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the HTTP stack cannot be built (urllib3, OpenSSL...)
+            logger.error("amp_lite: cannot send (%s: %s); the events are overflowed",
+                         type(exc).__name__, exc)
+            return None
+
+    def _internal_error(self, tally: Tally) -> None:
+        logger.exception("amp_lite: internal error during flush")
+        tally.dropped[r.DROPPED_INTERNAL] += tally.tracked + tally.recovered - tally.settled
 
     def overflow(self, events: Sequence[BufferedEvent], reason: str) -> Tally:
         """Write `events` to the sinks now, without sending them (a buffer past its cap, a
@@ -139,7 +229,7 @@ class Delivery:
         return tally
 
     def _deliver(self, events: list[BufferedEvent], retry: Retry, sender: Sender,
-                 tally: Tally) -> None:
+                 tally: Tally) -> _DeliveryPlan:
         sinks = self._route.sinks()
         claim = self._claim_spill(sinks)  # events an earlier flush could not deliver
         recovered = claim.events if claim else []
@@ -148,18 +238,18 @@ class Delivery:
         if claim and claim.min_id_length not in (None, sender.min_id_length):
             # tracked under another min_id_length option: sent (and re-spilled) with it
             spill_sender = self._route.sender(deadline=self.deadline,
-                                              min_id_length=claim.min_id_length)
-            self._send(recovered, retry, spill_sender, reserve, tally)
+                                              min_id_length=claim.min_id_length,
+                                              asynchronous=sender.async_transport is not None)
+            yield from self._send(recovered, retry, spill_sender, reserve, tally)
             recovered = []
-        self._send(recovered + events, retry, sender, reserve, tally)
+        yield from self._send(recovered + events, retry, sender, reserve, tally)
         if claim:
             _complete(claim, self.deadline)
 
     def _send(self, batch: list[BufferedEvent], retry: Retry, sender: Sender, reserve: float,
-              tally: Tally) -> None:
+              tally: Tally) -> _DeliveryPlan:
         if batch:
-            outcome = bound(retry, sender).send_events_with_retry(
-                batch, self.deadline.shortened_by(reserve))
+            outcome = yield _Send(bound(retry, sender), batch, self.deadline.shortened_by(reserve))
             self._settle(outcome, len(batch), sender, tally)
 
     def _settle(self, outcome: SendOutcome, sent: int, sender: Sender, tally: Tally) -> None:
@@ -227,6 +317,13 @@ class Delivery:
                     return claim
         return None
 
+
+
+def _next(plan: _DeliveryPlan, outcome: SendOutcome) -> _Send | None:
+    try:
+        return plan.send(outcome)
+    except StopIteration:
+        return None
 
 
 def _claim(sink: RecoverableSink, max_events: int, deadline: Deadline) -> SpillClaim | None:

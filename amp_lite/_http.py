@@ -7,9 +7,7 @@ translated here into a Reply with an `error` kind.
 
 from __future__ import annotations
 
-import gzip as gzip_module
 import io
-import json
 import logging
 import os
 import socket
@@ -30,17 +28,13 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from ._config import GZIP_MIN_BYTES
 from ._deadline import Deadline
+from ._http_common import MAX_RESPONSE_BYTES, POOL_MAXSIZE, prepared, reply_from
 from ._reply import Reply
-from ._version import LIBRARY
 
 logger = logging.getLogger("amp_lite")
 
-MAX_RESPONSE_BYTES = 64 * 1024  # Amplitude's replies are a few hundred bytes; more is hostile
 READ_CHUNK_BYTES = 8 * 1024
-POOL_MAXSIZE = 10  # concurrent requests kept alive (Cloud Functions gen2 serves many at once)
-GZIP_LEVEL = 6
 
 
 # The deadline of the attempt in progress in this context (thread), read by the connections.
@@ -137,11 +131,7 @@ class HttpTransport:
                                              "https": _DeadlineHTTPSPool}
 
     def post(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
-        headers = {"Content-Type": "application/json; charset=UTF-8", "Accept": "*/*",
-                   "User-Agent": LIBRARY}
-        if self._gzip and len(body) >= GZIP_MIN_BYTES:
-            body = gzip_module.compress(body, compresslevel=GZIP_LEVEL)
-            headers["Content-Encoding"] = "gzip"
+        body, headers = prepared(body, gzip=self._gzip)
         reply = self._attempt(body, headers, timeout_s, deadline)
         if reply.error == "connection_dropped" and deadline.remaining_s() > 0:
             # A kept-alive connection closed by the server (often while the sandbox was frozen)
@@ -202,8 +192,7 @@ def _read_reply(response: Any, deadline: Deadline) -> Reply:
     except (HTTPError, OSError) as exc:
         return _discard(response, f"protocol:{type(exc).__name__}")
     response.release_conn()
-    return Reply(response.status, _json_object(bytes(data)),
-                 retry_after_s=_retry_after(response.headers.get("Retry-After")))
+    return reply_from(response.status, bytes(data), response.headers.get("Retry-After"))
 
 
 def _discard(response: Any, error: str) -> Reply:
@@ -211,22 +200,6 @@ def _discard(response: Any, error: str) -> Reply:
     response.close()
     response.release_conn()
     return Reply(None, error=error)
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
 
 
 # -- any request, bounded as a whole: what SQSOverflow sends the requests botocore signed with --

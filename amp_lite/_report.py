@@ -31,6 +31,7 @@ UNSETTLED_HTTP_ERROR = "http_error"  # an unexpected 4xx (404, 401...): likely a
 UNSETTLED_BUFFER_CAP = "buffer_cap"  # the scope's buffer passed its cap: oldest overflowed early
 UNSETTLED_KEY_UNAVAILABLE = "key_unavailable"  # the key provider failed: sent once it answers
 UNSETTLED_NO_TRANSPORT = "transport_unavailable"  # the HTTP stack could not be built
+UNSETTLED_CANCELLED = "cancelled"  # the async flush's task was cancelled: all its events
 
 # Why an event could not even be overflowed.
 DROPPED_NO_SINK = "no_sink"

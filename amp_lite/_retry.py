@@ -6,6 +6,12 @@ Amplitude's Node SDK. Three strategies ship:
 - `RetryHandler` (default): the delivery loop of docs/design.md, bounded by the deadline.
 - `BaseRetryHandler`: one attempt per batch, no retry; helpers to build your own.
 - `OfflineRetryHandler`: one attempt; whatever fails goes straight to the overflow sink.
+
+The shipped strategies are written once, without I/O: `plan()` is a generator that yields the
+steps it wants taken (`Attempt` a batch, `Pause` before the next) and is sent each attempt's
+`Reply`. Two drivers take the steps: `send_events_with_retry` blocks (time.sleep, the
+transport's `post`), `asend_events_with_retry` awaits (asyncio.sleep, the async transport), so
+the sync and async flushes retry, classify and give up identically.
 """
 
 from __future__ import annotations
@@ -14,15 +20,15 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from . import _report as r
 from ._checks import positive_int, positive_seconds
 from ._deadline import Deadline
 from ._errors import ConfigError, brief, redact
-from ._reply import Verdict, classify
+from ._reply import Reply, Verdict, classify
 from ._sender import Sender
 from ._wire import BufferedEvent
 
@@ -74,6 +80,26 @@ class SendOutcome:
             self.unsettled.setdefault(reason, []).extend(events)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A step of a plan: send `batch` once; the plan is sent the Reply."""
+
+    batch: list[BufferedEvent]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A step of a plan: wait `seconds` before the next step (a backoff)."""
+
+    seconds: float
+
+
+# A strategy's plan: yields steps, is sent a Reply after each Attempt (None after a Pause).
+Plan = Generator["Attempt | Pause", "Reply | None", None]
+AttemptPlan = Generator["Attempt | Pause", "Reply | None", "Verdict | None"]
+Result = TypeVar("Result")
+
+
 @runtime_checkable
 class Retry(Protocol):
     """A delivery strategy. It must put every event into exactly one list of the outcome and
@@ -87,7 +113,9 @@ class Retry(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class BaseRetryHandler:
     """One attempt per batch, no retry. Subclass it to write a strategy of your own: the client
-    binds a `Sender` (transport, API key, limits) with `bind()` before each flush."""
+    binds a `Sender` (transport, API key, limits) with `bind()` before each flush. Override
+    `plan()` and both the sync and the async flush follow it; a subclass that overrides
+    `send_events_with_retry` instead is run by the async flush as it is (blocking)."""
 
     sender: Sender | None = field(default=None, repr=False)
     unretried_reason: str = r.UNSETTLED_NOT_RETRIED  # why events left after one attempt overflow
@@ -98,36 +126,111 @@ class BaseRetryHandler:
     def send_events_with_retry(
         self, events: Sequence[BufferedEvent], deadline: Deadline
     ) -> SendOutcome:
+        """Run `plan()`, blocking: each attempt through the transport, each pause asleep."""
         outcome = SendOutcome()
+        self._run(self.plan(events, deadline, outcome), deadline)
+        return outcome
+
+    async def asend_events_with_retry(
+        self, events: Sequence[BufferedEvent], deadline: Deadline
+    ) -> SendOutcome:
+        """Run `plan()` on the event loop: each attempt awaited, each pause an asyncio.sleep."""
+        outcome = SendOutcome()
+        await self._arun(self.plan(events, deadline, outcome), deadline)
+        return outcome
+
+    def plan(self, events: Sequence[BufferedEvent], deadline: Deadline,
+             outcome: SendOutcome) -> Plan:
+        """The steps to settle `events` into `outcome`: here, one attempt per batch."""
         for batch in self._bound().batches(events):
             if outcome.refused is not None:  # the next request would be refused alike
                 outcome.leave(batch, outcome.refused)
                 continue
-            verdict = self.attempt(batch, deadline, outcome)
+            verdict = yield from self.attempt_plan(batch, deadline, outcome)
             if verdict is not None:
                 outcome.leave(verdict.retry, self.unretried_reason)
-        return outcome
 
-    def attempt(self, batch: Sequence[BufferedEvent], deadline: Deadline,
-                outcome: SendOutcome) -> Verdict | None:
-        """Send `batch` once and settle what the reply settles. Returns the verdict, whose
+    def attempt_plan(self, batch: Sequence[BufferedEvent], deadline: Deadline,
+                     outcome: SendOutcome) -> AttemptPlan:
+        """One attempt of `batch`, settling what the reply settles. Returns the verdict, whose
         `retry` list holds what is still unsettled; None when no attempt fitted the deadline
         (the batch is then left as `deadline`)."""
         if deadline.remaining_s() < MIN_ATTEMPT_S:
             outcome.leave(batch, r.UNSETTLED_DEADLINE)
             return None
-        verdict = classify(self._bound().send(batch, deadline), batch)
+        reply = yield Attempt(list(batch))
+        assert reply is not None, "a driver sends a Reply after each Attempt"
+        verdict = classify(reply, batch)
         outcome.attempts += 1
         outcome.settle(verdict)
         logger.debug("amp_lite: sent %d events: %s", len(batch),
                      redact(verdict.note, self._bound().api_key))  # a reply may echo the key
         return verdict
 
+    def attempt(self, batch: Sequence[BufferedEvent], deadline: Deadline,
+                outcome: SendOutcome) -> Verdict | None:
+        """`attempt_plan` run at once, blocking: a helper for strategies of your own."""
+        return self._run(self.attempt_plan(batch, deadline, outcome), deadline)
+
+    def _run(self, plan: Generator[Attempt | Pause, Reply | None, Result],
+             deadline: Deadline) -> Result:
+        """The blocking driver: takes the plan's steps until it returns."""
+        reply: Reply | None = None
+        try:
+            while True:
+                step = plan.send(reply)
+                if isinstance(step, Pause):
+                    self.pause(step.seconds)
+                    reply = None
+                else:
+                    reply = self._bound().send(step.batch, deadline)
+        except StopIteration as done:
+            result: Result = done.value
+            return result
+
+    async def _arun(self, plan: Generator[Attempt | Pause, Reply | None, Result],
+                    deadline: Deadline) -> Result:
+        """The async driver: the same, awaiting each attempt and each pause."""
+        reply: Reply | None = None
+        try:
+            while True:
+                step = plan.send(reply)
+                if isinstance(step, Pause):
+                    await self.apause(step.seconds)
+                    reply = None
+                else:
+                    reply = await self._bound().asend(step.batch, deadline)
+        except StopIteration as done:
+            result: Result = done.value
+            return result
+
+    def pause(self, seconds: float) -> None:
+        """How the blocking driver waits between attempts."""
+        time.sleep(seconds)
+
+    async def apause(self, seconds: float) -> None:
+        """How the async driver waits between attempts: other tasks run meanwhile."""
+        import asyncio  # loaded already wherever this runs; not at `import amp_lite`
+
+        await asyncio.sleep(seconds)
+
     def _bound(self) -> Sender:
         if self.sender is None:
             raise RuntimeError(f"{type(self).__name__} is not bound to a Sender; "
                                "pass it to Amplitude(retry=...), which binds it")
         return self.sender
+
+
+def runs_async(retry: Retry) -> bool:
+    """Whether the async flush can await `retry`: it has `asend_events_with_retry`, and does not
+    override `send_events_with_retry` below where that is defined (its own logic would be
+    bypassed)."""
+    cls = type(retry)
+    if not callable(getattr(cls, "asend_events_with_retry", None)):
+        return False
+    sync = next(k for k in cls.__mro__ if "send_events_with_retry" in vars(k))
+    asynchronous = next(k for k in cls.__mro__ if "asend_events_with_retry" in vars(k))
+    return issubclass(asynchronous, sync)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,24 +257,24 @@ class RetryHandler(BaseRetryHandler):
                 raise ConfigError(f"RetryHandler {name}: must be callable, "
                                   f"got {brief(getattr(self, name))}")
 
-    def send_events_with_retry(
-        self, events: Sequence[BufferedEvent], deadline: Deadline
-    ) -> SendOutcome:
-        outcome = SendOutcome()
+    def plan(self, events: Sequence[BufferedEvent], deadline: Deadline,
+             outcome: SendOutcome) -> Plan:
         pending = deque(self._bound().batches(events))
         while pending:
             batch = pending.popleft()
             if outcome.refused is not None:  # the next request would be refused alike
                 outcome.leave(batch, outcome.refused)
             else:
-                self._settle_batch(batch, pending, deadline, outcome)
-        return outcome
+                yield from self._settle_batch(batch, pending, deadline, outcome)
+
+    def pause(self, seconds: float) -> None:
+        self.sleep(seconds)
 
     def _settle_batch(self, batch: list[BufferedEvent], pending: deque[list[BufferedEvent]],
-                      deadline: Deadline, outcome: SendOutcome) -> None:
+                      deadline: Deadline, outcome: SendOutcome) -> Plan:
         failures = 0
         while batch:
-            verdict = self.attempt(batch, deadline, outcome)
+            verdict = yield from self.attempt_plan(batch, deadline, outcome)
             if verdict is None:
                 return
             batch = verdict.retry
@@ -188,7 +291,7 @@ class RetryHandler(BaseRetryHandler):
                 if deadline.remaining_s() - delay < MIN_ATTEMPT_S:
                     outcome.leave(batch, r.UNSETTLED_DEADLINE)
                     return
-                self.sleep(delay)
+                yield Pause(delay)
 
     def _delay(self, failures: int, retry_after_s: float | None) -> float:
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))

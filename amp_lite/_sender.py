@@ -7,16 +7,17 @@ from dataclasses import dataclass, field
 
 from ._deadline import Deadline
 from ._reply import Reply
-from ._transport import Transport
+from ._transport import AsyncTransport, Transport
 from ._wire import BufferedEvent, encode_request, request_overhead, split_batches
 
 
 @dataclass(frozen=True, kw_only=True)
 class Sender:
     """What a retry strategy sends with: `batches()` cuts events into requests, `send()` posts
-    one (the API key never appears in its repr)."""
+    one, `asend()` awaits one (the API key never appears in its repr)."""
 
     transport: Transport
+    async_transport: AsyncTransport | None = None  # the async flush's; None in the sync one
     api_key: str = field(repr=False)
     min_id_length: int | None
     max_events: int
@@ -31,3 +32,10 @@ class Sender:
     def send(self, batch: Sequence[BufferedEvent], deadline: Deadline) -> Reply:
         body = encode_request(self.api_key, batch, self.min_id_length)
         return self.transport.post(body, timeout_s=self.request_timeout_s, deadline=deadline)
+
+    async def asend(self, batch: Sequence[BufferedEvent], deadline: Deadline) -> Reply:
+        if self.async_transport is None:
+            raise RuntimeError("this Sender has no async transport: it serves the sync flush")
+        body = encode_request(self.api_key, batch, self.min_id_length)
+        return await self.async_transport.apost(body, timeout_s=self.request_timeout_s,
+                                                deadline=deadline)

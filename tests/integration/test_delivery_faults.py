@@ -1,11 +1,13 @@
 """The delivery loop against a real HTTP server: every status and network fault of the delivery
-loop (docs/design.md, section 2), through real urllib3 to FakeAmplitude on 127.0.0.1.
+loop (docs/design.md, section 2), to FakeAmplitude on 127.0.0.1, through both flushes: the
+sync one (urllib3) and the async one (`aflush`, httpcore), which must behave identically.
 
 Every case checks invariant I2 (`report.balanced`) and the exact counts and reasons.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -31,6 +33,19 @@ TOLERANCE_S = 0.5  # generous slack for deadline assertions on a loaded CI machi
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()
+
+
+@pytest.fixture(autouse=True, params=["flush", "aflush"])
+def flush_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each case runs twice: `client.flush()` as written, then the same call made through
+    `await client.aflush()` on an event loop (which must await, not fall back)."""
+    if request.param == "aflush":
+        def awaited_flush(self: Amplitude, *, timeout_s: float | None = None) -> DeliveryReport:
+            assert self._route.can_await(), "the async flush fell back to the sync one"
+            return asyncio.run(self.aflush(timeout_s=timeout_s))
+
+        monkeypatch.setattr(Amplitude, "flush", awaited_flush)
+    return str(request.param)
 
 
 def make_client(url: str, overflow: object, *, budget_s: float = OK_BUDGET_S,

@@ -100,6 +100,10 @@ class ScriptedTransport:
             self.accepted += insert_ids
         return reply
 
+    async def apost(self, body: bytes, *, timeout_s: float, deadline: Deadline) -> Reply:
+        """`post` for the async flush: the same script, the same fake clock."""
+        return self.post(body, timeout_s=timeout_s, deadline=deadline)
+
     def _next_step(self) -> Step:
         item = self.replies.pop(0) if self.replies else _ACCEPTED
         return item if isinstance(item, Step) else Step(item, self.duration_s)

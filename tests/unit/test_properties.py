@@ -3,7 +3,9 @@ flush runs past its deadline (I3), whatever the server answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import socket
 import time
 from collections import Counter
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from amp_lite import Amplitude
 from amp_lite._deadline import Deadline
 from amp_lite._reply import Reply
-from amp_lite._retry import MIN_ATTEMPT_S, RetryHandler
+from amp_lite._retry import MIN_ATTEMPT_S, RetryHandler, SendOutcome
 from amp_lite._scope import EventBuffer
 from amp_lite._sender import Sender
 from amp_lite._wire import BufferedEvent
@@ -77,7 +79,8 @@ steps = st.lists(st.builds(Step, replies, st.floats(min_value=0.0, max_value=1.5
 
 
 def sender_for(transport: ScriptedTransport, max_events: int) -> Sender:
-    return Sender(transport=transport, api_key=API_KEY, min_id_length=None,
+    return Sender(transport=transport, async_transport=transport, api_key=API_KEY,
+                  min_id_length=None,
                   max_events=max_events, max_bytes=1_000_000, request_timeout_s=1.0)
 
 
@@ -114,6 +117,47 @@ def test_handler_accounts_for_every_event_and_never_passes_the_deadline(
     assert outcome.attempts == len(transport.started_with_s)
     # AND the clock never passed the deadline
     assert clock.now <= deadline.expires_at + FLOAT_SLACK_S
+
+
+@dataclass(frozen=True, kw_only=True)
+class FakeClockRetryHandler(RetryHandler):
+    """RetryHandler whose async pauses advance the fake clock, as its `sleep` does."""
+
+    clock: FakeClock
+
+    async def apause(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+def outcome_key(outcome: SendOutcome) -> tuple[object, ...]:
+    return ([e.insert_id for e in outcome.delivered],
+            {k: [e.insert_id for e in v] for k, v in outcome.rejected.items()},
+            {k: [e.insert_id for e in v] for k, v in outcome.unsettled.items()},
+            outcome.attempts, outcome.refused)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=steps, count=st.integers(min_value=0, max_value=12),
+       max_events=st.integers(min_value=1, max_value=5),
+       budget_s=st.floats(min_value=0.0, max_value=4.0), seed=st.integers())
+def test_the_async_driver_sends_and_settles_exactly_as_the_blocking_one(
+        script: list[Step], count: int, max_events: int, budget_s: float, seed: int) -> None:
+    # GIVEN the same events, script, jitter and fake-clock deadline, twice
+    events = [make_event(i) for i in range(count)]
+    runs = []
+    for driver in ("blocking", "async"):
+        clock = FakeClock()
+        transport = ScriptedTransport(clock, list(script))
+        jitter = random.Random(seed).uniform
+        strategy = FakeClockRetryHandler(clock=clock, sleep=FakeSleep(clock), jitter=jitter,
+                                         max_attempts=4).bind(sender_for(transport, max_events))
+        deadline = Deadline.after(budget_s, clock)
+        # WHEN one run blocks and the other is awaited
+        outcome = (strategy.send_events_with_retry(events, deadline) if driver == "blocking"
+                   else asyncio.run(strategy.asend_events_with_retry(events, deadline)))
+        runs.append((outcome_key(outcome), transport.requests, clock.now))
+    # THEN they made the same requests at the same times and settled every event alike
+    assert runs[0] == runs[1]
 
 
 # -- client level (fake clock through the public flush_buffer) ------------------------------------
