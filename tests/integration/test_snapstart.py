@@ -12,9 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from amp_lite import Amplitude
+from amp_lite import _snapstart as snapstart
+from amp_lite.overflow import LocalSpill
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.integration.test_invariants import StartRecorder
 from tests.support.lambda_runtime import lambda_runtime
+from tests.unit.test_snapstart import FakeRegistrar
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 HANDLER = "snapstart_handler.handler"
@@ -127,3 +134,23 @@ def test_under_snapstart_two_clients_register_one_hook_of_each_kind() -> None:
     # GIVEN a fresh interpreter initialising for SnapStart
     # WHEN it builds two clients / THEN one before-snapshot and one after-restore hook exist
     assert _probe(AWS_LAMBDA_INITIALIZATION_TYPE="snap-start") == [True, 1, 1]
+
+
+def test_i1_the_hooks_start_no_thread_timer_or_atexit_hook(
+        fake: FakeAmplitude, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a SnapStart client with init events, one of them overflowed (Amplitude hangs)
+    monkeypatch.setattr(snapstart, "_enrolled", snapstart._Enrolled())
+    registrar = FakeRegistrar()
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=LocalSpill(tmp_path / "spill"),
+                       flush_timeout_s=0.5)
+    snapstart.enroll(client, environ={snapstart.ENV_INITIALIZATION_TYPE: snapstart.SNAP_START},
+                     registrar=registrar)
+    client.track("cold_start", user_id="user-00042")
+    fake.script(Fault.hang(30))
+    recorder = StartRecorder(monkeypatch)
+    # WHEN the runtime runs the before-snapshot and after-restore hooks
+    registrar.snapshot()
+    registrar.restore()
+    # THEN no thread, timer or atexit hook was started
+    assert recorder.started == []
+    assert list((tmp_path / "spill").rglob("*.jsonl"))
