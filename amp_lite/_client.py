@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
+from . import _snapstart
 from ._checks import positive_seconds
 from ._config import ClientConfig, ClientOptions, redacted_url
 from ._deadline import Deadline
@@ -73,6 +74,7 @@ class Amplitude:
         self._encoder = EventEncoder(self.config)
         self._scopes = Scopes(f"amp_lite_scope_{id(self)}")
         self._route = Route(self.config, check_overflow(overflow), transport)
+        _snapstart.enroll(self)  # under Lambda SnapStart only: flushed and closed before snapshot
 
     def __repr__(self) -> str:
         key = ("set" if self.config.api_key else

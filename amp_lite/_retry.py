@@ -38,6 +38,9 @@ MIN_ATTEMPT_S = 0.05  # an attempt with less time than this left is not started 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 2.0
 DEFAULT_MAX_ATTEMPTS = 10
+# The default jitter's own generator, not the global `random` (the user's to seed): environments
+# restored from one SnapStart snapshot would share its state, so `_snapstart` reseeds it.
+JITTER_RNG = random.Random()
 
 _REFUSALS = {
     r.REFUSED_API_KEY: "Amplitude refused the API key (400 Invalid API key)",
@@ -246,7 +249,7 @@ class RetryHandler(BaseRetryHandler):
     backoff_base_s: float = BACKOFF_BASE_S
     backoff_cap_s: float = BACKOFF_CAP_S
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-    jitter: Callable[[float, float], float] = field(default=random.uniform, repr=False)
+    jitter: Callable[[float, float], float] = field(default=JITTER_RNG.uniform, repr=False)
 
     def __post_init__(self) -> None:  # at construction, not inside a flush
         positive_int(self.max_attempts, "RetryHandler max_attempts")

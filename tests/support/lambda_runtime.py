@@ -3,6 +3,14 @@
 The fake hands out invocations with a `Lambda-Runtime-Deadline-Ms` header and records what the
 runtime posts back, so handlers run with a genuine LambdaContext, real deadlines and real error
 reporting, in a subprocess (https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html).
+
+With `snapstart=True` the runtime is told it initialises for SnapStart
+(`AWS_LAMBDA_INITIALIZATION_TYPE=snap-start`). awslambdaric 4.2.2 then, once the handler module
+is imported, runs the before-snapshot hooks registered with `snapshot_restore_py` and calls
+`GET /runtime/restore/next`, where Lambda snapshots the environment; the fake holds that call
+(the snapshot point: `wait_for_snapshot()`) until `restore()`, after which the runtime runs the
+after-restore hooks and asks for invocations. A failing hook is posted to `/runtime/init/error`
+(before snapshot) or `/runtime/restore/error` (after restore).
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class FakeRuntimeAPI:
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self.init_error: Any = None
+        self.restore_error: Any = None
+        self.snapshot_requested = False  # the runtime called restore/next (hooks had run)
+        self._restored = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -86,6 +97,27 @@ class FakeRuntimeAPI:
             self._changed.wait_for(lambda: self.init_error is not None, wait_s)
         return self.init_error
 
+    def wait_for_snapshot(self, wait_s: float = 20.0) -> bool:
+        """Wait until the runtime reaches the snapshot point (SnapStart: it called
+        restore/next after its before-snapshot hooks). False if it failed or took too long."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.snapshot_requested or self.init_error is not None, wait_s)
+        return self.snapshot_requested
+
+    def restore(self) -> None:
+        """Resume the runtime from the snapshot point: restore/next answers."""
+        self._restored.set()
+
+    def _await_restore(self) -> bool:  # called from a handler thread
+        with self._changed:
+            self.snapshot_requested = True
+            self._changed.notify_all()
+        while not self._restored.wait(0.1):
+            if self._stopping.is_set():
+                return False
+        return True
+
     # called from handler threads
     def _next(self) -> tuple[str, Any, int, int] | None:
         while not self._stopping.is_set():
@@ -111,6 +143,11 @@ class FakeRuntimeAPI:
             self.init_error = body
             self._changed.notify_all()
 
+    def _post_restore_error(self, body: Any) -> None:
+        with self._changed:
+            self.restore_error = body
+            self._changed.notify_all()
+
 
 def _make_handler(api: FakeRuntimeAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -120,6 +157,10 @@ def _make_handler(api: FakeRuntimeAPI) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
+            if self.path == f"{PREFIX}/restore/next":
+                restored = api._await_restore()
+                self._reply(200 if restored else 503, {} if restored else {"error": "stopped"})
+                return
             if self.path != f"{PREFIX}/invocation/next":
                 self._reply(404, {"error": "not found"})
                 return
@@ -151,6 +192,8 @@ def _make_handler(api: FakeRuntimeAPI) -> type[BaseHTTPRequestHandler]:
             parts = self.path[len(PREFIX):].strip("/").split("/")
             if parts == ["init", "error"]:
                 api._post_init_error(body)
+            elif parts == ["restore", "error"]:
+                api._post_restore_error(body)
             elif len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response",
                                                                               "error"):
                 api._post(parts[1], parts[2], body)
@@ -186,13 +229,14 @@ class RuntimeProcess:
 
 @contextmanager
 def lambda_runtime(handler: str, *, env: Mapping[str, str], python_path: Sequence[Path | str],
-                   log_dir: Path, timeout_ms: int = 3000,
-                   isolated_path: bool = False) -> Iterator[RuntimeProcess]:
+                   log_dir: Path, timeout_ms: int = 3000, isolated_path: bool = False,
+                   snapstart: bool = False) -> Iterator[RuntimeProcess]:
     """Run `python -m awslambdaric <handler>` against a fresh FakeRuntimeAPI.
 
     `python_path` is prepended to PYTHONPATH, then the repository root. With `isolated_path`
     the interpreter runs with -S (no site-packages) and only `python_path` (plus the standard
     library): how a layer is checked as shipped, with the runtime client in `python_path`.
+    With `snapstart` the runtime initialises for SnapStart (module docstring).
     """
     api = FakeRuntimeAPI(timeout_ms=timeout_ms).start()
     paths = [str(p) for p in python_path] + ([] if isolated_path else [str(REPO_ROOT)])
@@ -206,6 +250,7 @@ def lambda_runtime(handler: str, *, env: Mapping[str, str], python_path: Sequenc
         "AWS_LAMBDA_LOG_STREAM_NAME": "test",
         "PYTHONPATH": os.pathsep.join(paths),
         "PYTHONUNBUFFERED": "1",
+        **({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"} if snapstart else {}),
         **env,
     }
     log_path = log_dir / f"runtime-{uuid.uuid4().hex[:8]}.log"
