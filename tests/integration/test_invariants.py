@@ -4,6 +4,7 @@ event accounted for across invocations), I6 (import cost) and I7 (the API key ne
 from __future__ import annotations
 
 import _thread
+import asyncio
 import atexit
 import json
 import logging
@@ -113,6 +114,37 @@ def test_i1_no_thread_timer_or_atexit_hook_is_started(
     assert invocation.report is not None
     assert (invocation.report.recovered, invocation.report.delivered) == (2, 3)
     # ... and amp_lite started no thread, timer or atexit hook
+    assert recorder.started == []
+
+
+def test_i1_the_async_flush_starts_no_thread_either(
+        fake: FakeAmplitude, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a client whose URL names a host (resolving it is where httpx would start a thread:
+    # asyncio's getaddrinfo runs in the loop's default thread pool)
+    recorder = StartRecorder(monkeypatch)
+    url = fake.url.replace("127.0.0.1", "localhost")
+    client = make_client(url, LocalSpill(tmp_path / "spill"), retry=RetryHandler(jitter=no_jitter))
+
+    async def flushes() -> list[DeliveryReport]:
+        track_users(client, 2)
+        ok = await client.aflush()
+        track_users(client, 2)
+        fake.script(Fault.status_code(503), Fault.reset())
+        retried = await client.aflush()
+        track_users(client, 2)
+        fake.script(Fault.hang())
+        overflowed = await client.aflush(timeout_s=FAULT_BUDGET_S)
+        async with client.invocation(timeout_s=OK_BUDGET_S) as scope:
+            track_users(client, 1)
+        assert scope.report is not None
+        return [ok, retried, overflowed, scope.report]
+
+    # WHEN it flushes on an event loop through success, retries, overflow and recovery
+    ok, retried, overflowed, recovered = asyncio.run(flushes())
+    # THEN everything worked as intended, and amp_lite (nor the loop for it) started no thread
+    assert (ok.delivered, retried.delivered, retried.attempts) == (2, 2, 2)
+    assert overflowed.overflowed_reasons == {"deadline": 2}
+    assert (recovered.recovered, recovered.delivered) == (2, 3)
     assert recorder.started == []
 
 
