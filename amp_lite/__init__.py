@@ -38,7 +38,7 @@ from ._report import DeliveryReport
 from ._retry import BaseRetryHandler, OfflineRetryHandler, Retry, RetryHandler, SendOutcome
 from ._scope import Invocation
 from ._sender import Sender
-from ._transport import Transport
+from ._transport import AsyncTransport, Transport
 from ._version import __version__
 from ._wire import BufferedEvent
 from .overflow import OverflowSink
@@ -59,6 +59,7 @@ def __getattr__(name: str) -> ModuleType:
 __all__ = [
     "AmpLiteError",
     "Amplitude",
+    "AsyncTransport",
     "BaseRetryHandler",
     "BufferedEvent",
     "ClientConfig",

@@ -23,7 +23,8 @@ README = PACKAGE_DIR.parent / "README.md"
 
 PUBLIC_MODULES = {
     "amp_lite": {
-        "AmpLiteError", "Amplitude", "BaseRetryHandler", "BufferedEvent", "ClientConfig",
+        "AmpLiteError", "Amplitude", "AsyncTransport", "BaseRetryHandler", "BufferedEvent",
+        "ClientConfig",
         "ClientOptions", "ConfigError", "Deadline", "DeliveryReport", "Event", "Identify",
         "IngestionMetadata", "InvalidEventError", "Invocation", "Middleware",
         "OfflineRetryHandler", "OverflowSink", "OverflowWriteError", "Plan", "Reply", "Retry",
