@@ -9,6 +9,7 @@ and its events lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -20,8 +21,12 @@ from typing import Any, TypeVar
 
 import pytest
 import urllib3
+from cloudevents.http import CloudEvent
+from starlette.requests import Request
 
+import amp_lite
 from amp_lite.testing import FakeAmplitude, Fault
+from tests.conftest import API_KEY
 from tests.integration.test_gcf import functions_framework_server, server_log
 from tests.support.lambda_runtime import REPO_ROOT
 
@@ -210,6 +215,39 @@ def test_hanging_amplitude_answers_within_the_function_timeout(fake: FakeAmplitu
     spilled = [line for f in (tmp_path / "spill").rglob("*.jsonl")
                for line in f.read_text().splitlines()[1:]]
     assert len(spilled) == 2
+
+
+def _starlette_request() -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": [],
+                    "query_string": b""})
+
+
+def _cloud_event() -> CloudEvent:
+    return CloudEvent({"type": "com.example.signup", "source": "//example/app"}, {})
+
+
+@pytest.mark.parametrize(("decorator", "argument"), [
+    (amp_lite.amplitude_flush, _starlette_request),
+    (amp_lite.gcp.http, _starlette_request),
+    (amp_lite.amplitude_flush, _cloud_event),
+    (amp_lite.gcp.cloud_event, _cloud_event),
+], ids=["decorator-request", "gcp.http", "decorator-cloud_event", "gcp.cloud_event"])
+def test_aio_call_shapes_get_the_function_timeout(fake: FakeAmplitude, decorator: Any,
+                                                  argument: Callable[[], Any]) -> None:
+    # GIVEN a hanging Amplitude, a 60 s flush cap, and an async function whose timeout is 1.2 s
+    fake.script(*[Fault.hang(30)] * 5)
+    client = amp_lite.Amplitude(API_KEY, server_url=fake.url, overflow=(), flush_timeout_s=60)
+
+    @decorator(client=client, timeout_s=1.2)
+    async def function(request_or_event: Any) -> str:
+        client.track("Slow", user_id="user-slow")
+        return "ok"
+
+    # WHEN it is awaited the way functions-framework's aio API calls it: one argument
+    started = time.monotonic()
+    assert asyncio.run(function(argument())) == "ok"
+    # THEN it is a Cloud Functions call: the flush ended 0.5 s before the 1.2 s budget
+    assert time.monotonic() - started <= 0.7 + TOLERANCE_S
 
 
 @pytest.mark.xfail(strict=True, reason=(
