@@ -159,6 +159,25 @@ def test_concurrent_cloud_events_binary_and_structured(fake: FakeAmplitude, tmp_
     assert all(map(_balanced, summaries))
 
 
+def test_background_task_events_go_out_with_the_next_request(fake: FakeAmplitude,
+                                                             tmp_path: Path) -> None:
+    # GIVEN an aio HTTP function whose response carries a Starlette background task that tracks
+    with functions_framework_server("http_background", fake, tmp_path, source=FUNCTIONS,
+                                    AMP_LITE_LOG_LEVEL="INFO") as url:
+        # WHEN a first request is answered
+        assert urllib3.request("POST", url, json={"user_id": "user-bg", "n": 0}).status == 200
+        # THEN only the function's own event was sent: the task ran after the scope's exit
+        assert [e["event_properties"]["page"] for e in fake.events] == ["0-in-function"]
+        # WHEN the next request is answered (once the first one's task has run)
+        assert urllib3.request("POST", url, json={"user_id": "user-bg", "n": 1,
+                                                  "after_background": True}).status == 200
+        log = server_log(tmp_path, url)
+    # THEN its flush also took the first request's late event, from the client's own buffer
+    assert sorted(e["event_properties"]["page"] for e in fake.events) == [
+        "0-in-background", "0-in-function", "1-in-function"]
+    assert [(s["tracked"], s["outside"]) for s in _flush_summaries(log)] == [(1, 0), (2, 1)]
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import functions_framework.aio
 from cloudevents.http import CloudEvent
+from starlette.background import BackgroundTask
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 import amp_lite
 
@@ -82,3 +84,24 @@ async def event_over(cloud_event: CloudEvent) -> None:
 @amp_lite.amplitude_flush
 def event_sync(cloud_event: CloudEvent) -> None:
     _track_cloud_event(cloud_event)
+
+
+_background_done = asyncio.Event()
+
+
+async def _track_later(user_id: str, page: str) -> None:
+    _track_page(user_id, page)
+    _background_done.set()
+
+
+# a Starlette background task runs after the response was sent: after the scope's exit. A body
+# with `after_background` waits (inside its scope) until the previous request's task has run.
+@functions_framework.aio.http
+@amp_lite.amplitude_flush
+async def http_background(request: Request) -> JSONResponse:
+    body = await request.json()
+    if body.get("after_background"):
+        await asyncio.wait_for(_background_done.wait(), 10)
+    insert_id = _track_page(body["user_id"], f"{body['n']}-in-function")
+    return JSONResponse({"insert_ids": [insert_id]}, background=BackgroundTask(
+        _track_later, body["user_id"], f"{body['n']}-in-background"))
