@@ -2,9 +2,11 @@
 
 Usable bare (`@amplitude_flush`, the default client), with a client (`@amplitude_flush(client)`)
 or with options (`@amplitude_flush(client=..., margin_ms=..., flush_timeout_s=...)`). It picks
-the platform by call shape: a single argument (a Flask request or a CloudEvent) is Google Cloud
-Functions (`amp_lite.gcp`), anything else AWS Lambda (`amp_lite.aws_lambda`), whose context says
-how long is left. The platform modules load when a handler is decorated, not at import.
+the platform by call shape: a single argument (a Flask or Starlette request, or a CloudEvent) is
+Google Cloud Functions (`amp_lite.gcp`), anything else AWS Lambda (`amp_lite.aws_lambda`), whose
+context says how long is left. Put it outermost among the decorators whose code tracks events
+(right under functions-framework's): what runs after its scope's exit is flushed only by the
+next invocation. The platform modules load when a handler is decorated, not at import.
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
 """Google Cloud Functions: how long a call may flush, and explicit adapters for both kinds.
 
-`@amplitude_flush` already recognises a Cloud Functions call (one argument: a Flask request or
-a CloudEvent); `http` and `cloud_event` say it explicitly. Cloud Functions has no remaining-time
+`@amplitude_flush` already recognises a Cloud Functions call (one argument: a Flask request, a
+Starlette request from functions-framework's `aio` API, or a CloudEvent); `http` and
+`cloud_event` say it explicitly. Both take `async def` functions too (`functions_framework.aio`):
+they stay coroutine functions, flushed before the response. Cloud Functions has no remaining-time
 API, so the budget is the function's timeout measured from the start of the request: the
 decorator's `timeout_s`, else AMP_LITE_TIMEOUT_S, else FUNCTION_TIMEOUT_SEC (1st gen) or
 CLOUD_RUN_TIMEOUT_SECONDS (2nd gen, best effort), else 60 s (Cloud Functions' default). The
 flush ends `margin_ms` before that, and never takes more than `flush_timeout_s`. The variables
 are read once, when the handler is decorated.
 
-Gen2 serves many requests at once in one process, in threads: each request's events live in
-its own contextvars scope and are flushed by that request, before its response is returned.
+Gen2 serves many requests at once in one process, in threads (or, with the `aio` API, as tasks
+of one event loop): each request's events live in its own contextvars scope and are flushed by
+that request, before its response is returned.
 This module does not import functions_framework or flask (invariant I6).
 """
 
@@ -81,15 +84,17 @@ def http(handler: Callable[..., Any] | None = None, /, *, client: Amplitude | No
          margin_ms: float = DEFAULT_MARGIN_MS, flush_timeout_s: float | None = None,
          timeout_s: float | None = None) -> Any:
     """Flush an HTTP function's events before its response goes out:
-    `@functions_framework.http` over `@amp_lite.gcp.http` over `def f(request)`."""
+    `@functions_framework.http` over `@amp_lite.gcp.http` over `def f(request)`, or
+    `@functions_framework.aio.http` over it over `async def f(request)`."""
     return _adapter(handler, client, margin_ms, flush_timeout_s, timeout_s)
 
 
 def cloud_event(handler: Callable[..., Any] | None = None, /, *, client: Amplitude | None = None,
                 margin_ms: float = DEFAULT_MARGIN_MS, flush_timeout_s: float | None = None,
                 timeout_s: float | None = None) -> Any:
-    """Flush a CloudEvent function's events before it returns:
-    `@functions_framework.cloud_event` over `@amp_lite.gcp.cloud_event` over `def f(event)`."""
+    """Flush a CloudEvent function's events before it returns (before the event is
+    acknowledged): `@functions_framework.cloud_event` (or `.aio.cloud_event`) over
+    `@amp_lite.gcp.cloud_event` over `def f(event)` (or `async def`)."""
     return _adapter(handler, client, margin_ms, flush_timeout_s, timeout_s)
 
 

@@ -128,12 +128,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def functions_framework_server(target: str, fake: FakeAmplitude, tmp_path: Path,
-                               **env: str) -> Iterator[str]:
+def functions_framework_server(target: str, fake: FakeAmplitude, tmp_path: Path, *,
+                               source: Path = SOURCE, **env: str) -> Iterator[str]:
+    """`functions-framework --target target --source source` on 127.0.0.1; yields its URL. The
+    server's output goes to `server_log(tmp_path, url)`. functions-framework serves a function
+    registered with its `aio` decorators as an ASGI app (gunicorn with uvicorn workers), any
+    other under gunicorn's threads."""
     port = _free_port()
     log = open(tmp_path / f"ff-{port}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(FUNCTIONS_FRAMEWORK), "--target", target, "--source", str(SOURCE),
+        [str(FUNCTIONS_FRAMEWORK), "--target", target, "--source", str(source),
          "--host", "127.0.0.1", "--port", str(port)],
         env={"PATH": os.environ["PATH"], "AMPLITUDE_API_KEY": API_KEY,
              "AMPLITUDE_SERVER_URL": fake.url, "AMP_LITE_SPILL_DIR": str(tmp_path / "spill"),
@@ -154,6 +158,12 @@ def functions_framework_server(target: str, fake: FakeAmplitude, tmp_path: Path,
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def server_log(tmp_path: Path, url: str) -> str:
+    """What the server started by `functions_framework_server` printed so far."""
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    return (tmp_path / f"ff-{port}.log").read_text(errors="replace")
 
 
 def test_concurrent_requests_each_flush_their_own_events(fake: FakeAmplitude,
