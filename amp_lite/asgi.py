@@ -10,7 +10,9 @@ flushed (`await scope.aflush()`) before that message is forwarded: the platform 
 CPU once the response is complete (Lambda freezes, Cloud Run throttles). An app that fails or
 never sends its final message is flushed when it returns. Events tracked after the final
 message (Starlette's background tasks) go to the client's own buffer and are flushed by the next
-request's scope. Lifespan and websocket connections pass through untouched.
+request's scope. Under Mangum (a scope with `aws.context`) the response leaves only when the
+app returns, so the flush waits for that: background tasks' events are flushed with the
+request's. Lifespan and websocket connections pass through untouched.
 
 The budget: `amp_lite._request_budget` (a Lambda context from Mangum or the Web Adapter's
 header, else `timeout_s` from the start of the request, else `flush_timeout_s` alone). The
@@ -24,7 +26,7 @@ from typing import Any
 
 from ._body import afinish
 from ._client import Amplitude
-from ._request_budget import RequestBudget, on_lambda
+from ._request_budget import ASGI_CONTEXT_KEY, RequestBudget, on_lambda
 from ._wrap import DEFAULT_MARGIN_MS, check_options, open_scope
 
 Scope = MutableMapping[str, Any]
@@ -65,13 +67,12 @@ class AmplitudeMiddleware:
         if invocation is None:
             await self.app(scope, receive, send)
             return
-        flushed = False
+        # Mangum collects the whole response and hands it to Lambda when the app returns
+        flush_at_final = not _response_leaves_when_the_app_returns(scope)
 
         async def send_after_flush(message: Message) -> None:
-            nonlocal flushed
-            if not flushed and _is_final(message):
-                flushed = True
-                await afinish(invocation)
+            if flush_at_final and not invocation.buffer.closed and _is_final(message):
+                await afinish(invocation)  # closes the scope: flushed once
             await send(message)
 
         invocation.enter()
@@ -79,9 +80,12 @@ class AmplitudeMiddleware:
             await self.app(scope, receive, send_after_flush)
         finally:
             invocation.leave()
-            if not flushed:  # the app failed, or returned without completing its response
-                flushed = True
-                await afinish(invocation)
+            if not invocation.buffer.closed:  # Mangum; or the app failed, or returned
+                await afinish(invocation)        # without completing its response
+
+
+def _response_leaves_when_the_app_returns(scope: Scope) -> bool:
+    return ASGI_CONTEXT_KEY in scope
 
 
 def _is_final(message: Message) -> bool:

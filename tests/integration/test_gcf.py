@@ -129,11 +129,11 @@ def _free_port() -> int:
 
 @contextmanager
 def functions_framework_server(target: str, fake: FakeAmplitude, tmp_path: Path,
-                               **env: str) -> Iterator[str]:
+                               source: Path = SOURCE, **env: str) -> Iterator[str]:
     port = _free_port()
     log = open(tmp_path / f"ff-{port}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(FUNCTIONS_FRAMEWORK), "--target", target, "--source", str(SOURCE),
+        [str(FUNCTIONS_FRAMEWORK), "--target", target, "--source", str(source),
          "--host", "127.0.0.1", "--port", str(port)],
         env={"PATH": os.environ["PATH"], "AMPLITUDE_API_KEY": API_KEY,
              "AMPLITUDE_SERVER_URL": fake.url, "AMP_LITE_SPILL_DIR": str(tmp_path / "spill"),
