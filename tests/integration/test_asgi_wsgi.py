@@ -228,6 +228,13 @@ def test_apig_wsgi_without_the_middleware_leaves_the_events_in_memory(
     assert fake.events == [] and client.pending == 2  # unsent, frozen with the process
 
 
+def test_apig_wsgi_under_the_decorator_alone_flushes_after_the_body_was_consumed(
+        client: Amplitude, fake: FakeAmplitude) -> None:
+    handler = amp_lite.amplitude_flush(client)(make_lambda_handler(flask_app(client)))
+    response = handler(order_event(), LambdaContext(3000))
+    assert sorted(fake.insert_ids) == sorted(json.loads(response["body"])["insert_ids"])
+
+
 def test_apig_wsgi_app_failure_is_flasks_500_and_its_event_is_delivered(
         client: Amplitude, fake: FakeAmplitude) -> None:
     app = flask_app(client)
@@ -546,3 +553,30 @@ def test_websocket_and_lifespan_scopes_pass_through_untouched(client: Amplitude)
         scope, receive, send = {"type": kind}, object(), object()
         asyncio.run(middleware(scope, receive, send))  # type: ignore[arg-type]
         assert seen[-1][0] is scope and seen[-1][1] is receive and seen[-1][2] is send
+
+
+def test_the_fastapi_example_under_mangum(fake: FakeAmplitude,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN examples/fastapi_app/app.py, configured from the environment (the default client)
+    import importlib.util
+
+    from tests.support.lambda_runtime import REPO_ROOT
+
+    monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)
+    monkeypatch.setenv("AMPLITUDE_SERVER_URL", fake.url)
+    amp_lite.set_client(None)
+    spec = importlib.util.spec_from_file_location(
+        "fastapi_example", REPO_ROOT / "examples" / "fastapi_app" / "app.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    try:
+        # WHEN Lambda invokes its handler
+        body = json.dumps({"user_id": "user-42", "skus": ["sku-1", "sku-2"]})
+        response = example.handler(http_api_event("/orders", method="POST", body=body),
+                                   LambdaContext(3000))
+        # THEN the order's events are at Amplitude when the handler returns
+        assert response["statusCode"] == 200
+        assert sorted(fake.insert_ids) == sorted(json.loads(response["body"])["insert_ids"])
+    finally:
+        amp_lite.set_client(None)
