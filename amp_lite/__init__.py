@@ -45,7 +45,7 @@ from .overflow import OverflowSink
 
 configure_logger()
 
-_PLATFORM_MODULES = frozenset({"aws_lambda", "gcp", "replay"})
+_PLATFORM_MODULES = frozenset({"asgi", "aws_lambda", "gcp", "replay", "wsgi"})
 
 
 def __getattr__(name: str) -> ModuleType:

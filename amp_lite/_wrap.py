@@ -4,9 +4,15 @@
 (the scope's exit). How long a call may flush is the platform's business: `budget(args,
 kwargs)` says how much of the invocation is left (`amp_lite.aws_lambda`, `amp_lite.gcp`).
 
+A sync handler whose result is a body still to be generated (a streamed Flask response, a
+`stream_with_context` generator: `_body.keep_open_for_body`) keeps its scope open: the body is
+generated inside it and the flush runs when the body is exhausted or closed, before its last
+byte is sent.
+
 The handler's return value and exception pass through unchanged (invariant I4): the flush at
 exit never raises, and a client that cannot be built is logged, not raised. Bad decorator
 arguments are a ConfigError when the handler is decorated (at import, in the init phase).
+`open_scope` is shared with the ASGI and WSGI middleware.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._body import finish, keep_open_for_body
 from ._checks import non_negative_ms, positive_seconds
 from ._client import Amplitude
 from ._default import get_client
@@ -54,20 +61,40 @@ def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudg
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _open_scope(client, budget, args, kwargs, margin_ms, flush_timeout_s)
+        scope = open_scope(client, lambda: budget(args, kwargs), margin_ms, flush_timeout_s)
         if scope is None:
             return handler(*args, **kwargs)
-        with scope:
-            return handler(*args, **kwargs)
+        scope.enter()
+        try:
+            result = handler(*args, **kwargs)
+        except BaseException:
+            finish(scope)
+            raise
+        finally:
+            scope.leave()
+        streamed = _keep_open(result, scope)
+        if streamed is None:
+            finish(scope)
+            return result
+        return streamed
 
     return wrapper  # type: ignore[return-value]
+
+
+def _keep_open(result: Any, scope: Invocation) -> Any | None:
+    try:
+        return keep_open_for_body(result, scope)
+    except Exception:  # the result is returned as it is, and flushed now (I4)
+        logger.exception("amp_lite: could not wrap a streamed response body; its events are "
+                         "flushed with the next scope")
+        return None
 
 
 def _wrap_coroutine(handler: Handler, client: Amplitude | None, budget: CallBudget,
                     margin_ms: float, flush_timeout_s: float | None) -> Handler:
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _open_scope(client, budget, args, kwargs, margin_ms, flush_timeout_s)
+        scope = open_scope(client, lambda: budget(args, kwargs), margin_ms, flush_timeout_s)
         if scope is None:
             return await handler(*args, **kwargs)
         async with scope:  # the scope's ContextVar is this task's: the handler tracks into it
@@ -76,9 +103,11 @@ def _wrap_coroutine(handler: Handler, client: Amplitude | None, budget: CallBudg
     return wrapper  # type: ignore[return-value]
 
 
-def _open_scope(client: Amplitude | None, budget: CallBudget, args: tuple[Any, ...],
-                kwargs: dict[str, Any], margin_ms: float,
-                flush_timeout_s: float | None) -> Invocation | None:
+def open_scope(client: Amplitude | None, read_budget: Callable[[], TimeLeft | None],
+               margin_ms: float, flush_timeout_s: float | None) -> Invocation | None:
+    """A scope for one call or request (`client=None`: the default client), bounded by what
+    `read_budget()` says is left; None when it cannot be opened. Never raises: the call runs
+    uninstrumented rather than fail (I4)."""
     try:
         chosen = client if client is not None else get_client()
     except Exception:  # a broken configuration must not break the handler (I4)
@@ -87,7 +116,7 @@ def _open_scope(client: Amplitude | None, budget: CallBudget, args: tuple[Any, .
         return None
     time_left: TimeLeft | None = None
     try:
-        time_left = budget(args, kwargs)
+        time_left = read_budget()
     except Exception:  # still flush this call's events, bounded by flush_timeout_s
         logger.exception("amp_lite: could not tell how long this invocation has left; its "
                          "flush is bounded by flush_timeout_s only")

@@ -153,12 +153,13 @@ def test_i1_the_async_flush_starts_no_thread_either(
 
 def test_i6_import_loads_no_cloud_or_web_framework() -> None:
     # GIVEN a fresh interpreter
-    heavy = ["boto3", "botocore", "aws_lambda_powertools", "functions_framework", "flask"]
+    heavy = ["boto3", "botocore", "aws_lambda_powertools", "functions_framework", "flask",
+             "werkzeug", "starlette", "django", "mangum"]
     code = ("import json, sys\n"
-            "import amp_lite, amp_lite.overflow, amp_lite.testing\n"
+            "import amp_lite, amp_lite.overflow, amp_lite.testing, amp_lite.asgi, amp_lite.wsgi\n"
             f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
             "print(json.dumps('amp_lite.testing' in sys.modules))\n")
-    # WHEN it imports amp_lite, its overflow package and its testing helpers
+    # WHEN it imports amp_lite, its overflow package, its testing helpers and the middleware
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30, check=False)
     # THEN none of the heavy optional dependencies was loaded

@@ -32,6 +32,8 @@ PUBLIC_MODULES = {
         "amplitude_flush", "flush", "get_client", "group_identify", "identify", "revenue",
         "set_client", "set_group", "track",
     },
+    "amp_lite.asgi": {"AmplitudeMiddleware"},
+    "amp_lite.wsgi": {"AmplitudeMiddleware"},
     "amp_lite.aws_lambda": {"ENV_HANDLER", "call_time_left", "context_time_left",
                             "resolve_handler"},
     "amp_lite.gcp": {"DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "call_budget", "cloud_event",
