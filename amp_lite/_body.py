@@ -80,15 +80,17 @@ class ScopedBody(Generic[Chunk]):
             finish(self._scope)
 
 
-def keep_open_for_body(result: Any, scope: Invocation) -> Any | None:
+def keep_open_for_body(result: Any, scope: Invocation, *, flask_view: bool) -> Any | None:
     """When a handler's `result` is a body still to be generated — a streamed werkzeug/Flask
-    Response (`is_streamed`), a bare generator (Flask streams it), or either as the first item
-    of a `(body, status, headers)` tuple — the same result with its body wrapped in a
-    `ScopedBody` that owns the flush; else None (the caller flushes now)."""
+    Response (`is_streamed`), or, from a Flask view (`flask_view`: Flask streams it), a bare
+    generator, either also as the first item of a `(body, status, headers)` tuple — the same
+    result with its body wrapped in a `ScopedBody` that owns the flush; else None (the caller
+    flushes now). A generator returned elsewhere (a Lambda handler) is nobody's body: it is
+    flushed at once, never left open."""
     if isinstance(result, tuple) and result:
-        first = keep_open_for_body(result[0], scope)
+        first = keep_open_for_body(result[0], scope, flask_view=flask_view)
         return None if first is None else (first, *result[1:])
-    if inspect.isgenerator(result):
+    if flask_view and inspect.isgenerator(result):
         return ScopedBody(result, scope)
     if _is_streamed_response(result):
         result.response = ScopedBody(result.response, scope)
@@ -102,3 +104,10 @@ def _is_streamed_response(result: Any) -> bool:
         return getattr(result, "is_streamed", False) is True and hasattr(result, "response")
     except Exception:  # a foreign object's property failing is not a reason to fail the call
         return False
+
+
+def is_flask_view_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A Cloud Functions HTTP call: its one argument is a werkzeug (Flask) request, which
+    carries the WSGI `environ`."""
+    return (len(args) == 1 and not kwargs
+            and isinstance(getattr(args[0], "environ", None), dict))

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._body import finish, keep_open_for_body
+from ._body import finish, is_flask_view_call, keep_open_for_body
 from ._checks import non_negative_ms, positive_seconds
 from ._client import Amplitude
 from ._default import get_client
@@ -72,7 +72,7 @@ def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudg
             raise
         finally:
             scope.leave()
-        streamed = _keep_open(result, scope)
+        streamed = _keep_open(result, scope, is_flask_view_call(args, kwargs))
         if streamed is None:
             finish(scope)
             return result
@@ -81,9 +81,9 @@ def wrap_handler(handler: Handler, *, client: Amplitude | None, budget: CallBudg
     return wrapper  # type: ignore[return-value]
 
 
-def _keep_open(result: Any, scope: Invocation) -> Any | None:
+def _keep_open(result: Any, scope: Invocation, flask_view: bool) -> Any | None:
     try:
-        return keep_open_for_body(result, scope)
+        return keep_open_for_body(result, scope, flask_view=flask_view)
     except Exception:  # the result is returned as it is, and flushed now (I4)
         logger.exception("amp_lite: could not wrap a streamed response body; its events are "
                          "flushed with the next scope")

@@ -3,12 +3,14 @@ when it is exhausted, fails or is closed; and which handler results keep their s
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from amp_lite import Amplitude, Invocation
+from amp_lite import Amplitude, Invocation, amplitude_flush
 from amp_lite._body import ScopedBody, keep_open_for_body
 from amp_lite.testing import FakeAmplitude
 from tests.conftest import API_KEY
@@ -150,16 +152,35 @@ def _generator() -> Iterator[bytes]:
 ])
 def test_results_that_are_not_streamed_are_flushed_at_once(client: Amplitude,
                                                            result: Any) -> None:
-    assert keep_open_for_body(result, open_scope(client)) is None
+    assert keep_open_for_body(result, open_scope(client), flask_view=True) is None
 
 
 def test_streamed_results_keep_the_scope_open(client: Amplitude) -> None:
     # a streamed Response gets its body wrapped, in place
     response = StreamedResponse(_generator())
-    assert keep_open_for_body(response, open_scope(client)) is response
+    assert keep_open_for_body(response, open_scope(client), flask_view=False) is response
     assert isinstance(response.response, ScopedBody)
-    # a bare generator, and one in a (body, status, headers) tuple, are wrapped
-    assert isinstance(keep_open_for_body(_generator(), open_scope(client)), ScopedBody)
-    wrapped = keep_open_for_body((_generator(), 201, {"X": "1"}), open_scope(client))
+    # from a Flask view, a bare generator, and one in a (body, status, headers) tuple, too
+    assert isinstance(keep_open_for_body(_generator(), open_scope(client), flask_view=True),
+                      ScopedBody)
+    wrapped = keep_open_for_body((_generator(), 201, {"X": "1"}), open_scope(client),
+                                 flask_view=True)
     assert isinstance(wrapped, tuple) and isinstance(wrapped[0], ScopedBody)
     assert wrapped[1:] == (201, {"X": "1"})
+
+
+def test_a_generator_returned_by_a_lambda_handler_is_flushed_at_once(fake: FakeAmplitude) -> None:
+    # GIVEN a Lambda-shaped handler that returns a generator (nobody will iterate it)
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+    context = SimpleNamespace(get_remaining_time_in_millis=lambda: 5000)
+
+    @amplitude_flush(client)
+    def handler(event: dict[str, Any], context: object) -> Iterator[bytes]:
+        client.track("returned_a_generator", user_id="user-1")
+        return _generator()
+
+    # WHEN it returns
+    result = handler({}, context)
+    # THEN the result is unchanged and its event was flushed already, not left in an open scope
+    assert inspect.isgenerator(result)
+    assert len(fake.insert_ids) == 1
