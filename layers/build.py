@@ -6,8 +6,8 @@
 
 One pure-Python zip for x86_64 and arm64 and every supported Python runtime: amp_lite and the
 pinned urllib3 of layers/requirements.txt, installed by pip with its cross-platform flags; no
-boto3/botocore, no __pycache__, files in sorted order with fixed timestamps and permissions, so
-building twice gives the same sha256.
+boto3/botocore, no amp_lite.testing (FakeAmplitude is for tests), no __pycache__, files in
+sorted order with fixed timestamps and permissions, so building twice gives the same sha256.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ FORBIDDEN = ("boto3", "botocore", "s3transfer")
 # Installer metadata that records where and how the build ran: not reproducible, not needed.
 VOLATILE_METADATA = ("direct_url.json", "INSTALLER", "REQUESTED")
 SOURCE_FILES = ("pyproject.toml", "README.md")  # with amp_lite/: what the wheel is built from
+# Not for a function: FakeAmplitude and the TLS helpers are for tests (`amp-lite demo` too).
+LEFT_OUT = ("__pycache__", "*.pyc", "testing", "_demo.py")
 
 
 def build_tree(python_dir: Path) -> None:
@@ -51,7 +53,7 @@ def build_tree(python_dir: Path) -> None:
         for name in SOURCE_FILES:
             shutil.copy2(REPO_ROOT / name, source / name)
         shutil.copytree(REPO_ROOT / "amp_lite", source / "amp_lite",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns(*LEFT_OUT))
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--disable-pip-version-check", "--wheel-dir", work, str(source)],
                        check=True)

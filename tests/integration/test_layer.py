@@ -90,6 +90,13 @@ def test_layer_layout_and_contents(layer_zip: Path) -> None:
                    for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.endswith(("direct_url.json", "INSTALLER", "REQUESTED")) for n in names)
+    # only what runs in a function: no test helpers (FakeAmplitude, TLS), nor in the RECORD
+    assert not any(n.startswith(("python/amp_lite/testing/", "python/amp_lite/_demo"))
+                   for n in names)
+    with zipfile.ZipFile(layer_zip) as archive:
+        record = next(archive.read(n).decode() for n in names
+                      if n.startswith("python/amp_lite-") and n.endswith("/RECORD"))
+    assert "amp_lite/testing/" not in record
     # pure Python: one zip for x86_64 and arm64
     assert not any(n.endswith((".so", ".pyd")) for n in names)
     # reproducible metadata: sorted, fixed times and permissions
