@@ -22,7 +22,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._scope import TimeLeft, countdown
+from ._client import Amplitude
+from ._scope import Invocation, TimeLeft, countdown
+from ._wrap import check_options, open_scope
 from .aws_lambda import context_time_left
 
 logger = logging.getLogger("amp_lite")
@@ -69,6 +71,29 @@ class RequestBudget:
         if found is None and self._timeout_s is not None:
             found = countdown(self._timeout_s)
         return found
+
+
+class RequestScopes:
+    """What a middleware opens for each request: a scope bounded by the rules above, with the
+    middleware's options (checked here, when the app is built: ConfigError names the bad one)."""
+
+    def __init__(self, client: Amplitude | None, *, timeout_s: float | None, margin_ms: float,
+                 flush_timeout_s: float | None) -> None:
+        check_options(margin_ms, flush_timeout_s, timeout_s)
+        self._client = client
+        self._margin_ms = margin_ms
+        self._flush_timeout_s = flush_timeout_s
+        self._budget = RequestBudget(timeout_s, trust_web_adapter=on_lambda())
+
+    def asgi(self, scope: Mapping[str, Any]) -> Invocation | None:
+        """A scope for an ASGI HTTP request; None when none can be opened (logged)."""
+        return open_scope(self._client, lambda: self._budget.asgi(scope), self._margin_ms,
+                          self._flush_timeout_s)
+
+    def wsgi(self, environ: Mapping[str, Any]) -> Invocation | None:
+        """A scope for a WSGI request; None when none can be opened (logged)."""
+        return open_scope(self._client, lambda: self._budget.wsgi(environ), self._margin_ms,
+                          self._flush_timeout_s)
 
 
 def web_adapter_time_left(header: str | bytes) -> TimeLeft | None:

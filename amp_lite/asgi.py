@@ -26,8 +26,8 @@ from typing import Any
 
 from ._body import afinish
 from ._client import Amplitude
-from ._request_budget import ASGI_CONTEXT_KEY, RequestBudget, on_lambda
-from ._wrap import DEFAULT_MARGIN_MS, check_options, open_scope
+from ._request_budget import ASGI_CONTEXT_KEY, RequestScopes
+from ._wrap import DEFAULT_MARGIN_MS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,19 +51,15 @@ class AmplitudeMiddleware:
     def __init__(self, app: ASGIApp, *, client: Amplitude | None = None,
                  timeout_s: float | None = None, margin_ms: float = DEFAULT_MARGIN_MS,
                  flush_timeout_s: float | None = None) -> None:
-        check_options(margin_ms, flush_timeout_s, timeout_s)
         self.app = app
-        self._client = client
-        self._margin_ms = margin_ms
-        self._flush_timeout_s = flush_timeout_s
-        self._budget = RequestBudget(timeout_s, trust_web_adapter=on_lambda())
+        self._scopes = RequestScopes(client, timeout_s=timeout_s, margin_ms=margin_ms,
+                                     flush_timeout_s=flush_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        invocation = open_scope(self._client, lambda: self._budget.asgi(scope),
-                                self._margin_ms, self._flush_timeout_s)
+        invocation = self._scopes.asgi(scope)
         if invocation is None:
             await self.app(scope, receive, send)
             return

@@ -24,8 +24,8 @@ from typing import Any
 
 from ._body import ScopedBody, finish
 from ._client import Amplitude
-from ._request_budget import RequestBudget, on_lambda
-from ._wrap import DEFAULT_MARGIN_MS, check_options, open_scope
+from ._request_budget import RequestScopes
+from ._wrap import DEFAULT_MARGIN_MS
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -44,16 +44,12 @@ class AmplitudeMiddleware:
     def __init__(self, app: WSGIApp, *, client: Amplitude | None = None,
                  timeout_s: float | None = None, margin_ms: float = DEFAULT_MARGIN_MS,
                  flush_timeout_s: float | None = None) -> None:
-        check_options(margin_ms, flush_timeout_s, timeout_s)
         self.app = app
-        self._client = client
-        self._margin_ms = margin_ms
-        self._flush_timeout_s = flush_timeout_s
-        self._budget = RequestBudget(timeout_s, trust_web_adapter=on_lambda())
+        self._scopes = RequestScopes(client, timeout_s=timeout_s, margin_ms=margin_ms,
+                                     flush_timeout_s=flush_timeout_s)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        scope = open_scope(self._client, lambda: self._budget.wsgi(environ), self._margin_ms,
-                           self._flush_timeout_s)
+        scope = self._scopes.wsgi(environ)
         if scope is None:
             return self.app(environ, start_response)
         scope.enter()
