@@ -82,6 +82,9 @@ def _ca_certificate(ca_key: EllipticCurvePrivateKey, ca_name: str,
         .not_valid_before(window[0]).not_valid_after(window[1])
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
+        # key identifiers: required by OpenSSL's strict verification (Python 3.13's default)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -107,6 +110,10 @@ def _server_certificate(key: EllipticCurvePrivateKey, ca_key: EllipticCurvePriva
         .not_valid_before(window[0]).not_valid_after(window[1])
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
