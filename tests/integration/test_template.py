@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,9 @@ import yaml
 
 from amp_lite import aws_lambda
 from amp_lite.aws_lambda import resolve_handler
-from tests.support.lambda_runtime import REPO_ROOT
+from amp_lite.testing import FakeAmplitude
+from tests.conftest import API_KEY
+from tests.support.lambda_runtime import REPO_ROOT, lambda_runtime
 
 TEMPLATE = REPO_ROOT / "template.yaml"
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
@@ -62,6 +68,8 @@ def test_template_passes_cfn_lint() -> None:
     ("[ReportBatchItemFailures]", "[ReportBatchItemFailure]", "E3030"),
     ("- !Ref AmpLiteLayer\n", "- !Ref AmpLiteLayerX\n", "E1020"),
     ("Runtime: python3.12", "Runtime: python3.99", "E3030"),
+    ("LogFormat: JSON", "LogFormat: Jsonish", "E3030"),
+    ("    Default: 30\n", "    Default: 31\n", "E2015"),  # not a CloudWatch retention
 ])
 def test_cfn_lint_catches_a_broken_template(tmp_path: Path, good: str, bad: str,
                                             rule: str) -> None:
@@ -89,7 +97,9 @@ def test_functions_use_the_layer_and_queue_that_exist(template: dict[str, Any]) 
     for function in functions.values():
         refs = [layer["Ref"] for layer in function["Properties"]["Layers"]
                 if isinstance(layer, dict) and "Ref" in layer]
-        assert refs and set(refs) <= set(layers)
+        resources = [ref for ref in refs if ref in template["Resources"]]
+        assert resources and set(resources) <= set(layers)
+        assert set(refs) - set(resources) <= set(template["Parameters"])
     example_env = functions["ExampleFunction"]["Properties"]["Environment"]["Variables"]
     assert example_env["AMP_LITE_OVERFLOW_QUEUE_URL"] == {"Ref": "OverflowQueue"}
     event = functions["ReplayFunction"]["Properties"]["Events"]["Overflow"]
@@ -105,11 +115,20 @@ def test_functions_fetching_the_key_from_secrets_manager_have_powertools(
     # function), fetched with Powertools' parameters utility, which the amp-lite layer lacks
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     assert "AMPLITUDE_API_KEY_SECRET" in env
-    # THEN every function has the public Powertools layer as well, or its events are dropped
+    # THEN every function has the public Powertools layer as well, or its events are dropped:
+    # its ARN read from the SSM parameter Powertools publishes, for the runtime and architecture
+    # the functions run on (https://docs.aws.amazon.com/powertools/python/latest/getting-started/
+    # install/#using-ssm-parameter-store: /aws/service/powertools/python/<arch>/<runtime>/latest)
+    globals_ = template["Globals"]["Function"]
+    (arch,) = globals_["Architectures"]
+    parameter = template["Parameters"]["PowertoolsLayerArnParameter"]
+    assert parameter["Type"] == "AWS::SSM::Parameter::Value<String>"
+    assert parameter["Default"] == (
+        f"/aws/service/powertools/python/{arch}/{globals_['Runtime']}/latest")
     for name, function in _resources(template, "AWS::Serverless::Function").items():
-        subs = [str(layer.get("Sub")) for layer in function["Properties"]["Layers"]
-                if isinstance(layer, dict)]
-        assert any("AWSLambdaPowertoolsPythonV3" in sub for sub in subs), name
+        assert {"Ref": "PowertoolsLayerArnParameter"} in function["Properties"]["Layers"], name
+        # one runtime and architecture for all, so the one parameter fits every function
+        assert not {"Runtime", "Architectures"} & set(function["Properties"]), name
 
 
 def test_queue_settings_follow_the_sqs_event_source_rules(template: dict[str, Any]) -> None:
@@ -118,9 +137,61 @@ def test_queue_settings_follow_the_sqs_event_source_rules(template: dict[str, An
     assert queue["VisibilityTimeout"] >= 6 * replay_timeout
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
         "GetAtt": "OverflowDeadLetterQueue.Arn"}
-    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 1
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 20
     dlq = template["Resources"]["OverflowDeadLetterQueue"]["Properties"]
     assert dlq["MessageRetentionPeriod"] == 1_209_600
+    # a standard queue's message keeps its enqueue time in the DLQ: the source must expire first
+    assert queue["MessageRetentionPeriod"] < dlq["MessageRetentionPeriod"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert dlq["SqsManagedSseEnabled"] is True
+
+
+def test_only_the_overflow_queue_may_use_the_dead_letter_queue(template: dict[str, Any]) -> None:
+    queue = template["Resources"]["OverflowQueue"]["Properties"]
+    allow = template["Resources"]["OverflowDeadLetterQueue"]["Properties"]["RedriveAllowPolicy"]
+    assert allow["redrivePermission"] == "byQueue"
+    # the overflow queue's ARN, spelt from its name (a !GetAtt would be a circular dependency)
+    assert allow["sourceQueueArns"] == [{"Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:"
+                                                "${AWS::AccountId}:" + queue["QueueName"]["Sub"]}]
+
+
+# amp_lite.replay's back-off (README, "The replay consumer"): a failed record is visible again
+# 30 s after its first receive, twice as long after each further one, at most SQS's 12 h.
+BACKOFF_FIRST_S = 30
+BACKOFF_CAP_S = 12 * 3600
+
+
+def _dead_lettered_after_s(max_receive_count: int, first_s: int = BACKOFF_FIRST_S) -> int:
+    """When SQS moves a record that always fails: at the receive after maxReceiveCount."""
+    return sum(min(first_s * 2 ** n, BACKOFF_CAP_S) for n in range(max_receive_count))
+
+
+@pytest.mark.parametrize("first_s", [BACKOFF_FIRST_S, 2 * BACKOFF_FIRST_S])
+def test_max_receive_count_fits_the_replay_backoff_and_the_retentions(
+        template: dict[str, Any], first_s: int) -> None:
+    # first_s doubled: the same holds if the schedule starts one step later
+    queue = template["Resources"]["OverflowQueue"]["Properties"]
+    dlq = template["Resources"]["OverflowDeadLetterQueue"]["Properties"]
+    moved_at = _dead_lettered_after_s(queue["RedrivePolicy"]["maxReceiveCount"], first_s)
+    # a day-long outage drains by itself: no record is dead-lettered within the first day
+    assert moved_at > 24 * 3600
+    # a record that never succeeds reaches the DLQ before retention would delete it unseen
+    # (an expired message is deleted, not dead-lettered), with hours to spare for polling
+    assert moved_at + 6 * 3600 < queue["MessageRetentionPeriod"]
+    # and the DLQ still holds it for a week after (its retention counts from the first enqueue)
+    assert dlq["MessageRetentionPeriod"] - moved_at > 7 * 24 * 3600
+    # the schedule as the template's comment states it: 17 h in the first 11 receives
+    assert _dead_lettered_after_s(11) == 30 * (2 ** 11 - 1)
+
+
+def test_layer_versions_are_retained(template: dict[str, Any],
+                                    transformed: dict[str, Any]) -> None:
+    # your functions reference AmpLiteLayerArn: a stack update must not delete the version
+    for layer in _resources(template, "AWS::Serverless::LayerVersion").values():
+        assert layer["Properties"]["RetentionPolicy"] == "Retain"
+    deployed = _resources(transformed, "AWS::Lambda::LayerVersion")
+    assert deployed
+    assert {layer.get("DeletionPolicy") for layer in deployed.values()} == {"Retain"}
 
 
 def test_layer_is_built_by_the_makefile_for_every_runtime_and_arch(
@@ -153,16 +224,325 @@ def test_handler_paths_import(template: dict[str, Any], monkeypatch: pytest.Monk
         aws_lambda._wrapped_handler.cache_clear()
 
 
-def test_least_privilege_policies(template: dict[str, Any]) -> None:
-    functions = _resources(template, "AWS::Serverless::Function")
-    example = [next(iter(p)) for p in functions["ExampleFunction"]["Properties"]["Policies"]]
-    replay = [next(iter(p)) for p in functions["ReplayFunction"]["Properties"]["Policies"]]
-    assert example == ["SQSSendMessagePolicy", "AWSSecretsManagerGetSecretValuePolicy"]
-    assert replay == ["SQSPollerPolicy", "AWSSecretsManagerGetSecretValuePolicy"]
+@pytest.fixture(scope="module")
+def transformed() -> Iterator[dict[str, Any]]:
+    """The template as CloudFormation receives it: SAM's translator, as cfn-lint runs it."""
+    from cfnlint.decode import decode
+    from cfnlint.template.transforms._sam import Transform
+
+    saved = os.environ.get("AWS_DEFAULT_REGION")
+    loaded, errors = decode(str(TEMPLATE))
+    assert not errors and loaded is not None
+    transform = Transform(str(TEMPLATE), loaded, "us-east-1")
+    try:
+        assert transform.transform_template() == []
+        # plain JSON: no cfn-lint node types, nothing the checks below could miss
+        yield json.loads(json.dumps(transform.template()))
+    finally:  # the translator sets it for its ARNs; other tests must not inherit it
+        if saved is None:
+            os.environ.pop("AWS_DEFAULT_REGION", None)
+        else:
+            os.environ["AWS_DEFAULT_REGION"] = saved
+
+
+def _policies(role: dict[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(condition, statement) for each statement of a role's inline policies."""
+    for entry in role["Properties"].get("Policies", []):
+        condition, policy = None, entry
+        if "Fn::If" in entry:
+            condition, policy, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+        for statement in policy["PolicyDocument"]["Statement"]:
+            yield condition, statement
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+def _role_of(transformed: dict[str, Any], function: str) -> dict[str, Any]:
+    ref = transformed["Resources"][function]["Properties"]["Role"]
+    assert set(ref) == {"Fn::GetAtt"} and ref["Fn::GetAtt"][1] == "Arn"
+    role: dict[str, Any] = transformed["Resources"][ref["Fn::GetAtt"][0]]
+    assert role["Type"] == "AWS::IAM::Role"
+    return role
+
+
+def test_roles_are_explicit_with_no_managed_policy(transformed: dict[str, Any]) -> None:
+    # SAM's own role for an SQS event source carries AWSLambdaSQSQueueExecutionRole (receive
+    # and delete on every queue of the account) and AWSLambdaBasicExecutionRole (every log
+    # group): with explicit roles, SAM attaches neither, nor generates a role at all
+    roles = _resources(transformed, "AWS::IAM::Role")
+    assert set(roles) == {"ExampleFunctionRole", "ReplayFunctionRole"}
+    for name, role in roles.items():
+        assert "ManagedPolicyArns" not in role["Properties"], name
+        assert {"Key": "lambda:createdBy", "Value": "SAM"} not in role["Properties"].get(
+            "Tags", []), name
+        for _, statement in _policies(role):
+            assert statement["Effect"] == "Allow"
+            assert statement["Resource"] != "*", (name, statement)
+            assert not any(a.endswith("*") for a in _actions(statement)), (name, statement)
+    assert "ManagedPolicy" not in json.dumps(transformed)
+    assert "AWSLambdaSQSQueueExecutionRole" not in json.dumps(transformed)
+
+
+def test_each_role_holds_only_what_its_function_does(transformed: dict[str, Any]) -> None:
+    queue = {"Fn::GetAtt": ["OverflowQueue", "Arn"]}
+    secret = {"Ref": "AmplitudeApiKeySecretArn"}
+    expected = {
+        "ExampleFunction": {
+            ("logs:CreateLogStream", "logs:PutLogEvents"):
+                {"Fn::GetAtt": ["ExampleFunctionLogGroup", "Arn"]},
+            ("sqs:SendMessage",): queue,
+            ("secretsmanager:GetSecretValue",): secret,
+        },
+        "ReplayFunction": {
+            ("logs:CreateLogStream", "logs:PutLogEvents"):
+                {"Fn::GetAtt": ["ReplayFunctionLogGroup", "Arn"]},
+            # ChangeMessageVisibility: the replay sets each failed record's back-off
+            ("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
+             "sqs:ReceiveMessage"): queue,
+            ("secretsmanager:GetSecretValue",): secret,
+        },
+    }
+    for function, grants in expected.items():
+        unconditional = {tuple(sorted(_actions(s))): s["Resource"]
+                         for condition, s in _policies(_role_of(transformed, function))
+                         if condition is None}
+        assert unconditional == grants, function
+
+
+def test_kms_decrypt_only_for_a_customer_managed_key(transformed: dict[str, Any]) -> None:
+    parameter = transformed["Parameters"]["AmplitudeApiKeySecretKmsKeyArn"]
+    assert parameter["Default"] == ""
+    assert transformed["Conditions"]["HasSecretKmsKey"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AmplitudeApiKeySecretKmsKeyArn"}, ""]}]}
+    for function in ("ExampleFunction", "ReplayFunction"):
+        kms = [(condition, s) for condition, s in _policies(_role_of(transformed, function))
+               if any(a.startswith("kms:") for a in _actions(s))]
+        assert len(kms) == 1, function
+        ((condition, statement),) = kms
+        assert condition == "HasSecretKmsKey"
+        assert _actions(statement) == ["kms:Decrypt"]
+        assert statement["Resource"] == {"Ref": "AmplitudeApiKeySecretKmsKeyArn"}
+        # through Secrets Manager only
+        assert set(statement["Condition"]["StringEquals"]) == {"kms:ViaService"}
+
+
+def test_the_replay_consumes_through_its_explicit_role(transformed: dict[str, Any]) -> None:
+    mappings = _resources(transformed, "AWS::Lambda::EventSourceMapping")
+    assert [m["Properties"]["EventSourceArn"] for m in mappings.values()] == [
+        {"Fn::GetAtt": ["OverflowQueue", "Arn"]}]
+    assert transformed["Resources"]["ReplayFunction"]["Properties"]["Role"] == {
+        "Fn::GetAtt": ["ReplayFunctionRole", "Arn"]}
+
+
+def test_no_partition_is_hard_coded(transformed: dict[str, Any]) -> None:
+    # arn:aws: is wrong in China (aws-cn) and GovCloud (aws-us-gov): ${AWS::Partition}
+    assert "arn:aws:" not in TEMPLATE.read_text()
+    assert "arn:aws:" not in json.dumps(transformed)
 
 
 def test_parameters_and_outputs(template: dict[str, Any]) -> None:
-    assert {"AmplitudeApiKeySecretArn", "AmplitudeServerZone",
-            "PowertoolsLayerVersion"} <= set(template["Parameters"])
+    assert {"AmplitudeApiKeySecretArn", "AmplitudeApiKeySecretKmsKeyArn", "AmplitudeServerZone",
+            "PowertoolsLayerArnParameter", "LogRetentionInDays",
+            "AlarmActionArn"} <= set(template["Parameters"])
+    assert "PowertoolsLayerVersion" not in template["Parameters"]  # the SSM parameter instead
     assert template["Parameters"]["AmplitudeServerZone"]["AllowedValues"] == ["US", "EU"]
-    assert {"AmpLiteLayerArn", "OverflowQueueUrl"} <= set(template["Outputs"])
+    assert {"AmpLiteLayerArn", "OverflowQueueUrl", "OverflowDeadLetterQueueUrl",
+            "PowertoolsLayerArn"} <= set(template["Outputs"])
+
+
+# CloudWatch Logs' retention values (AWS::Logs::LogGroup RetentionInDays)
+RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
+                  2192, 2557, 2922, 3288, 3653]
+
+
+def test_every_function_logs_json_to_its_own_group_with_a_retention(
+        template: dict[str, Any]) -> None:
+    retention = template["Parameters"]["LogRetentionInDays"]
+    assert retention["AllowedValues"] == RETENTION_DAYS
+    assert retention["Default"] in RETENTION_DAYS
+    functions = _resources(template, "AWS::Serverless::Function")
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    assert len(groups) == len(functions)
+    for name, function in functions.items():
+        props = function["Properties"]
+        logging_config = props["LoggingConfig"]
+        assert logging_config["LogFormat"] == "JSON", name
+        # the dropped-events filter reads an INFO line: a higher level would hide it
+        assert logging_config["ApplicationLogLevel"] == "INFO", name
+        group = template["Resources"][logging_config["LogGroup"]["Ref"]]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        # the name Lambda itself would use: /aws/lambda/<function name>
+        assert group["Properties"]["LogGroupName"] == {
+            "Sub": "/aws/lambda/" + props["FunctionName"]["Sub"]}, name
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+
+
+# -- the dropped-events metric filter, against the lines the SDK really writes -----------------
+#
+# A matcher for the subset of CloudWatch's filter pattern syntax the template uses (documented
+# at https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/FilterAndPatternSyntax.html): a
+# JSON pattern `{ C && C ... }` on an event that is a JSON object, where each C is
+#   $.field = "text"   the field is a string equal to text (no `*` wildcard in this subset), or
+#   $.field = %regex%  the field is a string the regex matches somewhere (like re.search);
+#     the regex is limited to what CloudWatch accepts: letters, digits, _ # = @ / ; , - and the
+#     operators ^ $ ? [ ] { } | \ * + . (no parentheses, no spaces, no quotes), whose meaning
+#     is Python's for this subset.
+# Anything else is refused, so the pattern cannot drift past what this matcher understands.
+
+_CONDITION = re.compile(r'\$\.(\w+) = (?:"([^"*]*)"|%([^%]+)%)')
+_CLOUDWATCH_REGEX = re.compile(r"[A-Za-z0-9_#=@/;,\-^$?\[\]{}|\\*+.]+")
+
+
+def _filter_matches(pattern: str, event: str) -> bool:
+    body = pattern.strip()
+    assert body.startswith("{") and body.endswith("}"), pattern
+    conditions = [c.strip() for c in body[1:-1].split("&&")]
+    try:
+        record = json.loads(event)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    for condition in conditions:
+        parsed = _CONDITION.fullmatch(condition)
+        assert parsed is not None, f"outside the supported subset: {condition!r}"
+        field, text, regex = parsed.groups()
+        value = record.get(field)
+        if not isinstance(value, str):
+            return False
+        if regex is None:
+            if value != text:
+                return False
+        else:
+            assert _CLOUDWATCH_REGEX.fullmatch(regex), f"not a CloudWatch regex: {regex!r}"
+            if re.search(regex, value) is None:
+                return False
+    return True
+
+
+@pytest.mark.parametrize(("pattern", "event", "matches"), [
+    ('{ $.a = "x" }', '{"a": "x"}', True),
+    ('{ $.a = "x" }', '{"a": "xy"}', False),
+    ('{ $.a = "x" && $.b = %y.z% }', '{"a": "x", "b": "__y-z__"}', True),
+    ('{ $.a = "x" && $.b = %y.z% }', '{"a": "x", "b": "yz"}', False),
+    ('{ $.a = "x" }', '{"a": 1}', False),
+    ('{ $.a = "x" }', 'a = "x"', False),
+])
+def test_the_filter_matcher_itself(pattern: str, event: str, matches: bool) -> None:
+    assert _filter_matches(pattern, event) is matches
+
+
+def _lambda_json_log(tmp_path: Path, event: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The example function's log lines under the real runtime client, in Lambda's JSON format."""
+    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    function = template["Resources"]["ExampleFunction"]["Properties"]
+    logging_config = function["LoggingConfig"]
+    runtime_env = {
+        # what Lambda sets from LoggingConfig
+        "AWS_LAMBDA_LOG_FORMAT": logging_config["LogFormat"],
+        "AWS_LAMBDA_LOG_LEVEL": logging_config["ApplicationLogLevel"],
+        "AMP_LITE_LOG_LEVEL": template["Globals"]["Function"]["Environment"]["Variables"][
+            "AMP_LITE_LOG_LEVEL"],
+        "AMP_LITE_HANDLER": function["Environment"]["Variables"]["AMP_LITE_HANDLER"],
+        "AMP_LITE_SPILL_DIR": str(tmp_path / "spill"),
+        **env,
+    }
+    with lambda_runtime(function["Handler"], env=runtime_env,
+                        python_path=[REPO_ROOT / function["CodeUri"]],
+                        log_dir=tmp_path) as runtime:
+        assert runtime.api.invoke(event).kind == "response"
+        output = runtime.output()
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def _summary(line: str) -> dict[str, Any] | None:
+    message = json.loads(line).get("message", "")
+    found = re.fullmatch(r"amp_lite flush (\{.*\})", message)
+    return json.loads(found.group(1)) if found else None
+
+
+@pytest.fixture(scope="module")
+def dropped_filter(template: dict[str, Any]) -> dict[str, Any]:
+    (metric_filter,) = _resources(template, "AWS::Logs::MetricFilter").values()
+    props: dict[str, Any] = metric_filter["Properties"]
+    return props
+
+
+def test_the_dropped_events_filter_counts_flushes_that_dropped(
+        dropped_filter: dict[str, Any], tmp_path: Path) -> None:
+    # GIVEN the example function with no API key: every event it tracks is dropped
+    lines = _lambda_json_log(tmp_path, {"user_id": "user-42", "items": ["a"] * 12}, {})
+    summaries = [(line, _summary(line)) for line in lines if _summary(line) is not None]
+    (line, summary), = summaries
+    assert summary is not None and summary["dropped"] == 12
+    # THEN the filter matches the flush summary line, and nothing else the invocation logged
+    # (the ERROR line saying so must not count the same loss twice)
+    assert _filter_matches(dropped_filter["FilterPattern"], line)
+    assert [x for x in lines if _filter_matches(dropped_filter["FilterPattern"], x)] == [line]
+    # one per line: the count is inside a string, out of a metric filter's reach
+    assert dropped_filter["MetricTransformations"][0]["MetricValue"] == "1"
+
+
+@pytest.mark.parametrize("items", [1, 3])
+def test_the_dropped_events_filter_ignores_flushes_that_dropped_nothing(
+        dropped_filter: dict[str, Any], tmp_path: Path, items: int) -> None:
+    # GIVEN the example function delivering to a (local) Amplitude
+    with FakeAmplitude() as fake:
+        lines = _lambda_json_log(tmp_path, {"user_id": "user-42", "items": ["a"] * items},
+                                 {"AMPLITUDE_API_KEY": API_KEY,
+                                  "AMPLITUDE_SERVER_URL": fake.url})
+        assert len(fake.events) == items
+    summaries = [s for s in map(_summary, lines) if s is not None]
+    assert [(s["delivered"], s["dropped"]) for s in summaries] == [(items, 0)]
+    # THEN nothing it logged matches
+    assert not [x for x in lines if _filter_matches(dropped_filter["FilterPattern"], x)]
+
+
+def test_the_dropped_events_filter_on_edge_counts(dropped_filter: dict[str, Any]) -> None:
+    # the summary's shape as Lambda's JSON format writes it (see the tests above); the counts
+    # that a digit-by-digit regex could get wrong
+    def line(dropped: int, reasons: dict[str, int]) -> str:
+        summary = {"attempts": 1, "delivered": 5, "dropped": dropped,
+                   "dropped_reasons": reasons, "overflowed": 0, "tracked": 5 + dropped}
+        return json.dumps({"level": "INFO", "logger": "amp_lite",
+                           "message": "amp_lite flush " + json.dumps(summary, sort_keys=True)})
+
+    pattern = dropped_filter["FilterPattern"]
+    assert _filter_matches(pattern, line(10, {"deadline": 10}))
+    assert _filter_matches(pattern, line(100, {"deadline": 100}))
+    assert not _filter_matches(pattern, line(0, {}))
+    # the replay's own summary line is another matter (its failures stay queued)
+    assert not _filter_matches(pattern, json.dumps({
+        "level": "INFO", "logger": "amp_lite",
+        "message": 'amp_lite replay {"delivered": 3, "messages": 1, "unsettled": {"x": 2}}'}))
+
+
+def test_alarms_on_dropped_events_and_on_the_dead_letter_queue(template: dict[str, Any]) -> None:
+    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    (metric_filter,) = _resources(template, "AWS::Logs::MetricFilter").values()
+    # the filter reads the log group of the function that tracks events
+    assert metric_filter["Properties"]["LogGroupName"] == template["Resources"][
+        "ExampleFunction"]["Properties"]["LoggingConfig"]["LogGroup"]
+    (metric,) = metric_filter["Properties"]["MetricTransformations"]
+    by_metric = {(a["Properties"]["Namespace"] if isinstance(a["Properties"]["Namespace"], str)
+                  else a["Properties"]["Namespace"]["Sub"],
+                  a["Properties"]["MetricName"]): a["Properties"] for a in alarms.values()}
+    assert set(by_metric) == {(metric["MetricNamespace"]["Sub"], metric["MetricName"]),
+                              ("AWS/SQS", "ApproximateNumberOfMessagesVisible")}
+    dropped = by_metric[(metric["MetricNamespace"]["Sub"], metric["MetricName"])]
+    dlq = by_metric[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
+    assert dlq["Dimensions"] == [{"Name": "QueueName",
+                                  "Value": {"GetAtt": "OverflowDeadLetterQueue.QueueName"}}]
+    assert dropped["Statistic"] == "Sum"
+    for alarm in (dropped, dlq):
+        # any message, any dropped event: more than zero
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+        assert alarm["TreatMissingData"] == "notBreaching"
+        for actions in ("AlarmActions", "OKActions"):
+            assert alarm[actions] == {"If": ["HasAlarmAction", [{"Ref": "AlarmActionArn"}],
+                                             {"Ref": "AWS::NoValue"}]}
+    assert template["Parameters"]["AlarmActionArn"]["Default"] == ""
