@@ -82,16 +82,29 @@ def test_covered_sums_the_delays() -> None:
 # -- against template.yaml's overflow queue -----------------------------------------------------
 
 class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short tags (!Ref, !GetAtt, !Sub), their values dropped."""
+    """YAML with CloudFormation's short tags (!Ref, !GetAtt, !Sub): kept as {tag: value}."""
 
 
-_CfnLoader.add_multi_constructor("!", lambda _loader, _suffix, _node: None)
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node)}
+    return {suffix: loader.construct_mapping(node)}  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+def _resources() -> dict[str, Any]:
+    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # a SafeLoader
+    resources: dict[str, Any] = template["Resources"]
+    return resources
 
 
 def _overflow_queue() -> tuple[int, int]:
     """(maxReceiveCount, MessageRetentionPeriod) of template.yaml's OverflowQueue."""
-    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # a SafeLoader
-    queue = template["Resources"]["OverflowQueue"]["Properties"]
+    queue = _resources()["OverflowQueue"]["Properties"]
     return int(queue["RedrivePolicy"]["maxReceiveCount"]), int(queue["MessageRetentionPeriod"])
 
 
@@ -130,6 +143,20 @@ def test_a_record_failing_for_good_reaches_the_dead_letter_queue_before_it_expir
         f"MessageRetentionPeriod {retention_s} s ({retention_s / DAY_S:.2f} days): it would "
         f"expire instead. Needs a retention of at least {to_dlq_s} s (e.g. 604800, 7 days) or "
         f"maxReceiveCount <= {max(n for n in range(1, 100) if covered_s(n) < retention_s)}")
+
+
+def test_the_replay_function_may_change_the_visibility_of_the_overflow_queues_messages() -> None:
+    # GIVEN the replay function's policies, SAM policy templates expanded as SAM does
+    from samtranslator.policy_template_processor.processor import PolicyTemplatesProcessor
+
+    definitions = PolicyTemplatesProcessor.get_default_policy_templates_json()["Templates"]
+    granted: list[tuple[str, object]] = []
+    for policy in _resources()["ReplayFunction"]["Properties"]["Policies"]:
+        for name, parameters in policy.items():
+            for statement in definitions.get(name, {}).get("Definition", {}).get("Statement", []):
+                granted += [(action, parameters.get("QueueName")) for action in statement["Action"]]
+    # THEN one of them grants sqs:ChangeMessageVisibility on the overflow queue
+    assert ("sqs:ChangeMessageVisibility", {"GetAtt": "OverflowQueue.QueueName"}) in granted
 
 
 # -- the queue URL, from the record's ARN ------------------------------------------------------
