@@ -4,11 +4,13 @@
 `make_handler(client)` builds one around your client. Both use Powertools' BatchProcessor for
 the partial batch response: a record whose events are all delivered or rejected succeeds; a
 record with throttled or undeliverable events, or events whose request Amplitude refused as a
-whole (invalid API key, 403, missing field), is listed in `batchItemFailures`, so SQS
-redelivers it after the visibility timeout (that is the throttle back-off) and, after
-maxReceiveCount, moves it to the dead-letter queue. A message that is not an amp-lite overflow
-message fails too (it ends in the dead-letter queue for a human); unreadable events inside a
-good message are rejected with a log, once.
+whole (invalid API key, 403, missing field), is listed in `batchItemFailures` and its visibility
+timeout is set from its receive count (`_redelivery.backoff_s`: 30 s doubling per receive,
+capped under 12 h), so each redelivery comes later and a long outage does not use up
+maxReceiveCount (then the dead-letter queue) in minutes. A message that is not an amp-lite
+overflow message fails too, without a backoff (time will not fix it: it reaches the dead-letter
+queue for a human after maxReceiveCount x the queue's visibility timeout); unreadable events
+inside a good message are rejected with a log, once.
 
 `replay_records()` is the Powertools-free core, used by `amp-lite replay` as well.
 """
@@ -27,6 +29,7 @@ from ._client import Amplitude
 from ._deadline import Deadline
 from ._errors import AmpLiteError, KeyUnavailableError
 from ._key_sources import api_key_from_environment
+from ._redelivery import RESERVE_S, Backoff, Redelivery
 from ._report import UNSETTLED_KEY_UNAVAILABLE
 from ._retry import SendOutcome
 from ._wire import BufferedEvent
@@ -37,6 +40,7 @@ from .overflow._message import DecodedMessage, MessageFormatError, decode_messag
 logger = logging.getLogger("amp_lite")
 
 REPLAY_FLUSH_TIMEOUT_S = 60.0  # cap when no Lambda context says how long is left
+DEFAULT_BACKOFF = Backoff()  # 30 s doubling per receive, capped under SQS's 12 h
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ReplayResult:
     """What a replay did, per message and in total."""
 
     failed: dict[str, str] = field(default_factory=dict)  # message id -> why it must come back
+    not_replayable: set[str] = field(default_factory=set)  # failed ids time will not fix
     messages: int = 0
     events: int = 0
     delivered: int = 0
@@ -108,6 +113,7 @@ def _decode(record: ReplayRecord, result: ReplayResult) -> DecodedMessage | None
     except MessageFormatError as exc:
         logger.error("amp_lite replay: message %s is not replayable: %s", record.message_id, exc)
         result.failed[record.message_id] = f"not replayable: {exc}"
+        result.not_replayable.add(record.message_id)
         result.unreadable_messages += 1
         return None
     if decoded.unreadable_events:
@@ -149,10 +155,15 @@ class ReplayRecordError(AmpLiteError):
     """Raised for a record that must come back (BatchProcessor lists it in batchItemFailures)."""
 
 
-def make_handler(client: Amplitude | None = None, *,
-                 margin_ms: float = DEFAULT_MARGIN_MS) -> Callable[[Mapping[str, Any], Any], Any]:
+def make_handler(client: Amplitude | None = None, *, margin_ms: float = DEFAULT_MARGIN_MS,
+                 backoff: Backoff | None = DEFAULT_BACKOFF,
+                 ) -> Callable[[Mapping[str, Any], Any], Any]:
     """An SQS-triggered Lambda handler replaying amp-lite overflow messages with `client`
-    (default: one built from the environment, with no overflow of its own)."""
+    (default: one built from the environment, with no overflow of its own).
+
+    `backoff`: the schedule for failed records' visibility timeouts (ChangeMessageVisibility,
+    from each record's receive count); None leaves them the queue's visibility timeout."""
+    redelivery = None if backoff is None else Redelivery(backoff)
 
     def handler(event: Mapping[str, Any], context: Any) -> Any:
         from aws_lambda_powertools.utilities.batch import (
@@ -165,8 +176,14 @@ def make_handler(client: Amplitude | None = None, *,
         raw_records = event.get("Records") or []
         records = [ReplayRecord(str(r.get("messageId")), str(r.get("body", "")))
                    for r in raw_records]
-        result = replay_records(records, chosen, _deadline(context, margin_ms))
+        deadline = _deadline(context, margin_ms)
+        # The visibility changes get the end of the deadline: the send stops RESERVE_S before.
+        send_deadline = deadline if redelivery is None else deadline.shortened_by(RESERVE_S)
+        result = replay_records(records, chosen, send_deadline)
         logger.info("amp_lite replay %s", json.dumps(result.summary(), sort_keys=True))
+        retry_later = [m for m in result.failed if m not in result.not_replayable]
+        if redelivery is not None and retry_later:
+            redelivery.postpone(raw_records, retry_later, deadline)
 
         def record_handler(record: Any) -> None:
             reason = result.failed.get(record.message_id)

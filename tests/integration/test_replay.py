@@ -16,6 +16,7 @@ import pytest
 
 from amp_lite import Amplitude
 from amp_lite._deadline import Deadline
+from amp_lite._redelivery import Backoff
 from amp_lite._retry import RetryHandler
 from amp_lite.overflow._sqs import SQSOverflow
 from amp_lite.replay import make_handler
@@ -66,8 +67,13 @@ def queue_url(sqs: Any) -> str:
     return create_queue(sqs, f"overflow-{uuid.uuid4().hex[:8]}", visibility_timeout_s=0)
 
 
+# Failed records are shown again at once (visibility 0 instead of 30 s doubling), so a test can
+# play the next poll of the event source mapping; test_replay_backoff.py tests the schedule.
+AT_ONCE = Backoff(base_s=0, cap_s=0)
+
+
 def _replay_handler(fake: FakeAmplitude) -> Any:
-    return make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=()))
+    return make_handler(Amplitude(API_KEY, server_url=fake.url, overflow=()), backoff=AT_ONCE)
 
 
 def _summaries(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
