@@ -46,6 +46,7 @@ logger = logging.getLogger("amp_lite")
 
 Middleware = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
+FLUSH_LOG_FIELD = "amp_lite_flush"  # the flush summary's field on its log record
 CAP_HEADROOM = 0.9  # overflow down to 90% of a cap, so the next track() does not do it again
 
 
@@ -306,7 +307,11 @@ class Amplitude:
             tally.merge(each.take_early())  # events overflowed earlier, past the buffer cap
         report = tally.report(elapsed_ms=(monotonic() - started) * 1000)
         if report.tracked or report.recovered:
-            logger.info("amp_lite flush %s", json.dumps(report.summary(), sort_keys=True))
+            summary = report.summary()
+            # also as a field: JSON log formatters (Lambda's, Powertools') put it at the top
+            # level, where a CloudWatch metric filter can read `$.amp_lite_flush.dropped`
+            logger.info("amp_lite flush %s", json.dumps(summary, sort_keys=True),
+                        extra={FLUSH_LOG_FIELD: summary})
         return report
 
 
