@@ -531,9 +531,9 @@ def _writable(root: Path) -> None:
 
 def _compile(python_dir: Path) -> None:
     """As layers/build.py compiles amp-lite's layer."""
-    subprocess.run([sys.executable, "-I", "-m", "compileall", "-q", "-f", "--invalidation-mode",
+    subprocess.run([sys.executable, "-s", "-m", "compileall", "-q", "-f", "--invalidation-mode",
                     "unchecked-hash", "-s", str(python_dir), "-p", "/opt/python",
-                    str(python_dir)], check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                    str(python_dir)], check=True, env={"PYTHONHASHSEED": "0"}, cwd=python_dir)
 
 
 def install_layers(scratch: Path) -> dict[tuple[str, bool], LayerInstall]:

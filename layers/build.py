@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -120,13 +119,12 @@ def build_tree(python_dir: Path, runtime: str, wheel: Path, interpreter: Path) -
 def compile_tree(python_dir: Path, interpreter: Path) -> None:
     """Bytecode for every module, reproducibly: hash-based (no mtime), a fixed hash seed (set
     and frozenset constants keep one order), the file names Lambda will see."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.pop("PYTHONPYCACHEPREFIX", None)
-    subprocess.run([str(interpreter), "-I", "-m", "compileall", "-q", "-f",
+    # Only PYTHONHASHSEED in the environment (no PYTHONPATH, PYTHONDONTWRITEBYTECODE...);
+    # not -I or -E, which would ignore it: 3.10 marshals a frozenset in hash order.
+    subprocess.run([str(interpreter), "-s", "-m", "compileall", "-q", "-f",
                     "--invalidation-mode", "unchecked-hash",
                     "-s", str(python_dir), "-p", LAYER_PATH, str(python_dir)],
-                   check=True, env=env, timeout=300)
+                   check=True, env={"PYTHONHASHSEED": "0"}, cwd=python_dir, timeout=300)
     missing = [p for p in python_dir.rglob("*.py") if not _cached(p, interpreter).is_file()]
     if missing:
         raise SystemExit(f"no bytecode for {', '.join(map(str, missing[:5]))}")

@@ -1,4 +1,5 @@
-"""template.yaml: linted offline by cfn-lint 1.53.3 (with SAM's translator), and wired right."""
+"""template.yaml: linted offline by cfn-lint 1.53.3 (with SAM's translator), wired right, and built
+and validated by the real SAM CLI (.venv-sam, created by .ci/run)."""
 
 from __future__ import annotations
 
@@ -160,11 +161,6 @@ def _sam() -> Path:
                 f"{SAM_VENV_HINT}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def sam() -> Path:
-    return _sam()
-
-
 def _sam_env(home: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
             "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1",
@@ -185,8 +181,9 @@ def _project_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("flags", [[], ["--build-in-source"]], ids=["plain", "in-source"])
-def test_sam_build_builds_the_layer(sam: Path, tmp_path: Path, flags: list[str]) -> None:
+def test_sam_build_builds_the_layer(tmp_path: Path, flags: list[str]) -> None:
     # GIVEN a copy of the project and the real SAM CLI (no Docker: makefile and pip builds)
+    sam = _sam()
     project = _project_copy(tmp_path)
     # WHEN sam build runs, with or without --build-in-source
     done = subprocess.run([str(sam), "build", *flags], cwd=project, env=_sam_env(tmp_path),
@@ -199,7 +196,8 @@ def test_sam_build_builds_the_layer(sam: Path, tmp_path: Path, flags: list[str])
     assert not (layer / "amp_lite" / "testing").exists()
 
 
-def test_sam_validate_lint_passes(sam: Path, tmp_path: Path) -> None:
+def test_sam_validate_lint_passes(tmp_path: Path) -> None:
+    sam = _sam()
     project = _project_copy(tmp_path)
     done = subprocess.run([str(sam), "validate", "--lint"], cwd=project,
                           env=_sam_env(tmp_path), capture_output=True, text=True, timeout=300,
