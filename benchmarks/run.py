@@ -30,6 +30,16 @@ Scenarios (sizes of the full run; --quick shrinks them):
    exec(), so a child's starts at the benchmark process's own peak.
 5. Replay (amp-lite only): SQS-shaped records through `amp_lite.replay.make_handler` to the
    collector over plain HTTP, against the cost of only `json.dumps` of the same event dicts.
+6. Cold invocation from a layer, as Lambda runs one: amp-lite's built layer (layers/build.py,
+   for this interpreter's runtime) and the official SDK installed the same way (its installed
+   package copied into an empty folder, compiled by the same `compileall --invalidation-mode
+   unchecked-hash`), each unzipped or copied read-only, imported by a fresh `python -S` with
+   PYTHONDONTWRITEBYTECODE=1, only that folder then this environment's site-packages (where
+   Lambda's boto3/botocore live) on the path, from an empty working directory. Timed as in 3
+   (import, construct, track 10, flush over TLS, delivered); bare, with botocore.session
+   imported first (what `import boto3` loads, urllib3 with it: nearly every Python function
+   on Lambda), and from the sources alone
+   (the same folders without their bytecode: what a layer without .pyc costs each cold start).
 """
 
 from __future__ import annotations
@@ -43,11 +53,14 @@ import json
 import math
 import os
 import platform
+import shutil
 import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -418,7 +431,9 @@ os._exit(0)
 """
 
 
-def run_child(env: Env, sdk: str, n: int, *, url: str, preimport: str = "") -> dict[str, Any]:
+def run_child(env: Env, sdk: str, n: int, *, url: str, preimport: str = "",
+              layer: LayerInstall | None = None) -> dict[str, Any]:
+    """One fresh interpreter; with `layer`, as Lambda starts one from that read-only folder."""
     child_env = dict(os.environ, BENCH_SDK=sdk, BENCH_N=str(n), BENCH_URL=url,
                      BENCH_CA=env.ca_cert if url.startswith("https") else "",
                      BENCH_PRE=preimport, BENCH_KEY=API_KEY, BENCH_CONTROL=env.control_url,
@@ -427,7 +442,12 @@ def run_child(env: Env, sdk: str, n: int, *, url: str, preimport: str = "") -> d
                      BENCH_TIMEOUT_S=str(DELIVERY_TIMEOUT_S), SSL_CERT_FILE=env.ca_cert)
     # Byte-code caches are written (and then used) by both SDKs alike, as in a deployed layer.
     child_env.pop("PYTHONDONTWRITEBYTECODE", None)
-    done = subprocess.run([sys.executable, "-c", CHILD_CODE], env=child_env, capture_output=True,
+    command, cwd = [sys.executable, "-c", CHILD_CODE], None
+    if layer is not None:
+        child_env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.pathsep.join(
+            [str(layer.python_dir), *SITE_PACKAGES]))
+        command, cwd = [sys.executable, "-S", "-c", CHILD_CODE], str(layer.workdir)
+    done = subprocess.run(command, env=child_env, capture_output=True, cwd=cwd,
                           text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child ({sdk}, {n} events) failed with status "
@@ -478,6 +498,109 @@ def scenario_bulk(env: Env, sizes: Sizes, results: Results) -> None:
                             (measured["rss_peak_kb"] - measured["rss_base_kb"]) / 1024)
                 results.add(scenario, sdk, "rss_peak_mb", measured["rss_peak_kb"] / 1024)
             progress(f"4 bulk {n}: rep {rep + 1}/{sizes.reps} done")
+
+
+# -- scenario 6: cold invocation from a layer ---------------------------------------------------
+
+RUNTIME = f"{sys.version_info[0]}.{sys.version_info[1]}"
+ROOT = HERE.parent
+# Where the runtime's own packages are (boto3, botocore): after the layer, as on Lambda.
+SITE_PACKAGES = [p for p in sys.path if p.endswith("site-packages")]
+# botocore.session: what `import boto3` loads, urllib3 with it (`import botocore` alone loads
+# neither); the layer's urllib3 shadows the runtime's, as on Lambda.
+LAYER_VARIANTS = (("bare", ""), ("botocore", "botocore.session"))
+
+
+@dataclass(frozen=True)
+class LayerInstall:
+    python_dir: Path  # on the path, read-only
+    workdir: Path  # the child's empty working directory (`-c` puts it first on the path)
+
+
+def _read_only(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    root.chmod(0o555)
+
+
+def _writable(root: Path) -> None:
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _compile(python_dir: Path) -> None:
+    """As layers/build.py compiles amp-lite's layer."""
+    subprocess.run([sys.executable, "-s", "-m", "compileall", "-q", "-f", "--invalidation-mode",
+                    "unchecked-hash", "-s", str(python_dir), "-p", "/opt/python",
+                    str(python_dir)], check=True, env={"PYTHONHASHSEED": "0"}, cwd=python_dir)
+
+
+def install_layers(scratch: Path) -> dict[tuple[str, bool], LayerInstall]:
+    """(sdk, compiled) -> its read-only install: amp-lite's layer as built, the official SDK
+    as pip --target would lay out the installed version, each with and without bytecode."""
+    built = scratch / "amp-lite-layer.zip"
+    subprocess.run([sys.executable, str(ROOT / "layers" / "build.py"), "--python", RUNTIME,
+                    "--output", str(built)], check=True, capture_output=True, timeout=600)
+    installs: dict[tuple[str, bool], LayerInstall] = {}
+    for compiled in (True, False):
+        amp_root = scratch / f"amp-{compiled}"
+        with zipfile.ZipFile(built) as archive:
+            archive.extractall(amp_root)
+        official = scratch / f"official-{compiled}" / "python"
+        package = Path(amplitude.__file__).parent
+        shutil.copytree(package, official / package.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        dist = importlib.metadata.distribution("amplitude-analytics")
+        info = Path(str(dist.locate_file(""))) / f"amplitude_analytics-{dist.version}.dist-info"
+        if info.is_dir():
+            shutil.copytree(info, official / info.name)
+        if compiled:
+            _compile(official)
+        else:
+            for cache in list((amp_root / "python").rglob("__pycache__")):
+                shutil.rmtree(cache)
+        for sdk, python_dir in ((AMP, amp_root / "python"), (OFFICIAL, official)):
+            workdir = scratch / f"work-{sdk}-{compiled}"
+            workdir.mkdir()
+            _read_only(python_dir.parent)
+            installs[(sdk, compiled)] = LayerInstall(python_dir, workdir)
+    return installs
+
+
+def scenario_layer(env: Env, sizes: Sizes, results: Results) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        installs = install_layers(scratch)
+        try:
+            runs = [(variant, preimport, True) for variant, preimport in LAYER_VARIANTS]
+            runs.append(("source", "", False))
+            for variant, preimport, compiled in runs:  # untimed: files in the page cache
+                for sdk in SDKS:
+                    env.control.reset()
+                    run_child(env, sdk, EVENTS_PER_INVOCATION, url=env.https_url,
+                              preimport=preimport, layer=installs[(sdk, compiled)])
+                    env.control.confirm(EVENTS_PER_INVOCATION, f"6 layer warm-up {sdk} {variant}")
+            for rep in range(sizes.reps):
+                for variant, preimport, compiled in runs:
+                    for sdk in SDKS:
+                        env.control.reset()
+                        layer = installs[(sdk, compiled)]
+                        measured = run_child(env, sdk, EVENTS_PER_INVOCATION, url=env.https_url,
+                                             preimport=preimport, layer=layer)
+                        env.control.confirm(EVENTS_PER_INVOCATION,
+                                            f"6 layer {variant} {sdk} rep {rep}")
+                        results.add("6_layer", sdk, f"{variant}_total_ms", measured["total_ms"])
+                        results.add("6_layer", sdk, f"{variant}_import_ms", measured["import_ms"])
+            for (sdk, compiled), layer in installs.items():  # nothing written, as on /opt
+                require(not any(layer.workdir.iterdir()), f"6 layer: {layer.workdir} written")
+                require(compiled or not list(layer.python_dir.rglob("__pycache__")),
+                        f"6 layer: bytecode written into {sdk}'s read-only folder")
+        finally:
+            for path in scratch.iterdir():
+                if path.is_dir():
+                    _writable(path)
+    progress("6 cold invocations from a layer: done")
 
 
 # -- scenario 5: replay ------------------------------------------------------------------------
@@ -577,6 +700,12 @@ def rows(sizes: Sizes) -> list[Row]:
             Row(f"4_bulk_{n}", f"4 bulk {n:,} peak RSS", "rss_peak_mb", "MB"),
         ]
     table += [
+        Row("6_layer", "6 layer cold, bare", "bare_total_ms", "ms", "ratio<=0.7"),
+        Row("6_layer", "6 layer cold, botocore loaded", "botocore_total_ms", "ms", "ratio<=0.7"),
+        Row("6_layer", "6 layer import, bare", "bare_import_ms", "ms"),
+        Row("6_layer", "6 layer import, botocore loaded", "botocore_import_ms", "ms", "amp<=10"),
+        Row("6_layer", "6 layer import, no .pyc", "source_import_ms", "ms"),
+        Row("6_layer", "6 layer cold, no .pyc", "source_total_ms", "ms"),
         Row("5_replay", "5 replay rate", "replay_events_per_s", "ev/s"),
         Row("5_replay", "5 json.dumps floor rate", "floor_events_per_s", "ev/s"),
         Row("5_replay", "5 replay time / floor", "ratio_to_floor", "x"),
@@ -611,6 +740,8 @@ def summarize(results: Results, sizes: Sizes) -> list[dict[str, Any]]:
         met: bool | None = None
         if row.target.startswith("ratio<=") and ratio is not None:
             met = ratio <= float(row.target.removeprefix("ratio<="))
+        elif row.target.startswith("amp<=") and amp_median is not None:
+            met = amp_median <= float(row.target.removeprefix("amp<="))
         elif row.target.startswith("amp=="):
             met = bool(ours) and all(v == float(row.target.removeprefix("amp==")) for v in ours)
         summary.append({"scenario": row.scenario, "label": row.label, "metric": row.metric,
@@ -679,7 +810,7 @@ def describe(info: dict[str, Any]) -> str:
 SCENARIOS: list[tuple[str, Callable[[Env, Sizes, Results], None]]] = [
     ("1 track() cost", scenario_track), ("2 warm invocations", scenario_warm),
     ("3 cold invocations", scenario_cold), ("4 bulk", scenario_bulk),
-    ("5 replay", scenario_replay),
+    ("5 replay", scenario_replay), ("6 cold invocations from a layer", scenario_layer),
 ]
 
 
@@ -722,7 +853,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                          "1_track_flush_queue_size": sizes.track_events + WARMUP_EVENTS + 1},
             "amp_lite": {"overflow": None, "gzip": "default (bodies >= 2 KiB)"},
             "transport": {"1_track": "http", "2_warm": "https", "3_cold": "https",
-                          "4_bulk": "http", "5_replay": "http"},
+                          "4_bulk": "http", "5_replay": "http", "6_layer": "https"},
+            "6_layer": {"runtime": f"python{RUNTIME}", "path_after_layer": SITE_PACKAGES,
+                        "flags": "-S, PYTHONDONTWRITEBYTECODE=1, read-only folders",
+                        "bytecode": "compileall --invalidation-mode unchecked-hash"},
         },
         "samples": results.samples, "raw": results.raw, "summary": summary,
         "delivery": {"confirmed": True, "checks": len(checks),

@@ -24,6 +24,8 @@ BOTH_SDKS = {
     "1_track": {"per_event_us"},
     "2_warm": {"median_ms", "p99_ms", "connections"},
     "3_cold": {"bare_total_ms", "boto3_total_ms", "bare_import_ms", "boto3_import_ms"},
+    "6_layer": {"bare_total_ms", "botocore_total_ms", "source_total_ms", "bare_import_ms",
+                "botocore_import_ms", "source_import_ms"},
 }
 BULK = {"wall_s", "events_per_s", "rss_delta_mb", "rss_peak_mb"}
 REPLAY = {"replay_events_per_s", "floor_events_per_s", "ratio_to_floor"}
@@ -49,7 +51,9 @@ def test_the_table_is_printed(quick_run: tuple[str, dict[str, Any]]) -> None:
     for column in ("amp-lite", "official", "spread", "ratio", "target", "met?"):
         assert column in header
     for label in ("1 track()", "2 warm invocation", "2 TCP+TLS connections", "3 cold, bare",
-                  "3 cold, boto3", "4 bulk", "5 replay"):
+                  "3 cold, boto3", "4 bulk", "5 replay", "6 layer cold, bare",
+                  "6 layer cold, botocore loaded", "6 layer import, botocore loaded",
+                  "6 layer import, no .pyc"):
         assert f"| {label}" in stdout, label
 
 

@@ -1,20 +1,29 @@
-"""The Lambda layer as shipped: reproducible, small, complete, and working on its own.
+"""The Lambda layers as shipped: one per runtime, reproducible, small, compiled, complete, and
+working on their own.
+
+All layers are built once for the module, each with its own runtime's interpreter (a runtime
+with no interpreter on this machine is skipped, by name). Each one must import from a
+read-only copy, as /opt is on Lambda, using its own bytecode: nothing compiled at import.
 
 The canary unzips the built layer into an empty directory and runs real handlers through the
 real awslambdaric runtime client with only that directory, the function's code, the runtime
 client and the standard library on the path (python -S): no site-packages, no source tree.
+It runs on this interpreter's runtime (the runtime client installed here is built for it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,21 +32,68 @@ from tests.conftest import API_KEY
 from tests.support.lambda_runtime import REPO_ROOT, lambda_runtime
 
 BUILD = REPO_ROOT / "layers" / "build.py"
-SIZE_BUDGET_BYTES = 250 * 1024
+# Sources (~230 KB zipped) and one runtime's bytecode (~430 KB): 665-680 KB for 3.11-3.13.
+# The gate catches what must not be there (botocore alone is megabytes, amp_lite.testing
+# 20 KB), not bytecode: that saves every cold start its compile (README, Performance).
+SIZE_BUDGET_BYTES = 750 * 1024
 EXAMPLES = REPO_ROOT / "examples"
+THIS_RUNTIME = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def _build(output: Path) -> str:
-    subprocess.run([sys.executable, str(BUILD), "--output", str(output)], check=True,
-                   capture_output=True, text=True, timeout=300)
-    return hashlib.sha256(output.read_bytes()).hexdigest()
+def _load_build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("amp_lite_layer_build", BUILD)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+
+
+def _interpreter(runtime: str) -> Path | None:
+    try:
+        found: Path = build.find_interpreter(runtime)
+    except SystemExit:
+        return None
+    return found
 
 
 @pytest.fixture(scope="module")
-def layer_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("layer") / "amp-lite-layer.zip"
-    _build(output)
-    return output
+def interpreters() -> dict[str, Path]:
+    found = {runtime: _interpreter(runtime) for runtime in build.RUNTIMES}
+    assert THIS_RUNTIME in build.RUNTIMES and found[THIS_RUNTIME] is not None
+    return {runtime: path for runtime, path in found.items() if path is not None}
+
+
+def _build_all(runtimes: list[str], folder: Path) -> dict[str, str]:
+    flags = [arg for runtime in runtimes for arg in ("--python", runtime)]
+    subprocess.run([sys.executable, str(BUILD), *flags, "--output-dir", str(folder)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    return {runtime: hashlib.sha256((folder / build.layer_name(runtime)).read_bytes())
+            .hexdigest() for runtime in runtimes}
+
+
+@pytest.fixture(scope="module")
+def layer_zips(tmp_path_factory: pytest.TempPathFactory,
+               interpreters: dict[str, Path]) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("layers")
+    _build_all(sorted(interpreters), folder)
+    return {runtime: folder / build.layer_name(runtime) for runtime in interpreters}
+
+
+@pytest.fixture(params=build.RUNTIMES, ids=[f"python{r}" for r in build.RUNTIMES])
+def runtime(request: pytest.FixtureRequest, interpreters: dict[str, Path]) -> str:
+    value: str = request.param
+    if value not in interpreters:
+        pytest.skip(f"no Python {value} interpreter on this machine: its layer is not built")
+    return value
+
+
+@pytest.fixture(scope="module")
+def layer_zip(layer_zips: dict[str, Path]) -> Path:
+    """The layer of the runtime this interpreter is: the one the canary can run."""
+    return layer_zips[THIS_RUNTIME]
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +111,68 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def _unzip_read_only(layer: Path, target: Path) -> Path:
+    """The layer as Lambda mounts it: unzipped under /opt, nothing writable."""
+    target.mkdir()
+    with zipfile.ZipFile(layer) as archive:
+        archive.extractall(target)
+    for path in sorted(target.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    target.chmod(0o555)
+    return target / "python"
+
+
+def _make_writable(root: Path) -> None:  # so that pytest can remove its tmp_path
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 @pytest.fixture
 def layer_dir(layer_zip: Path, tmp_path: Path) -> Iterator[Path]:
-    target = tmp_path / "opt"
-    target.mkdir()
-    with zipfile.ZipFile(layer_zip) as archive:
-        archive.extractall(target)
-    yield target / "python"
+    python_dir = _unzip_read_only(layer_zip, tmp_path / "opt")
+    yield python_dir
+    _make_writable(tmp_path / "opt")
 
 
-def test_building_twice_gives_the_same_bytes(layer_zip: Path, tmp_path: Path) -> None:
-    # WHEN the layer is built a second time, elsewhere
-    again = _build(tmp_path / "again.zip")
-    # THEN the archives are byte-identical
-    assert again == hashlib.sha256(layer_zip.read_bytes()).hexdigest()
+def test_building_twice_gives_the_same_bytes(layer_zips: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    # WHEN every layer is built a second time, elsewhere
+    again = _build_all(sorted(layer_zips), tmp_path)
+    # THEN each archive is byte-identical to the first (bytecode included)
+    assert again == {runtime: hashlib.sha256(path.read_bytes()).hexdigest()
+                     for runtime, path in layer_zips.items()}
 
 
-def test_layer_fits_the_size_budget(layer_zip: Path) -> None:
-    assert layer_zip.stat().st_size < SIZE_BUDGET_BYTES
+def test_bytecode_is_reproducible_on_every_buildable_runtime(tmp_path: Path) -> None:
+    # GIVEN a module with a frozenset constant (3.10 marshals one in string-hash order)
+    digests: dict[str, set[str]] = {}
+    for runtime in (*build.DEPRECATED_RUNTIMES, *build.RUNTIMES):
+        interpreter = _interpreter(runtime)
+        if interpreter is None:
+            continue
+        for attempt in range(3):
+            # WHEN the build compiles it, several times
+            python_dir = tmp_path / f"{runtime}-{attempt}" / "python"
+            python_dir.mkdir(parents=True)
+            (python_dir / "probe.py").write_text(
+                "def f(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}\n")
+            build.compile_tree(python_dir, interpreter)
+            compiled = next((python_dir / "__pycache__").glob("probe.*.pyc"))
+            digests.setdefault(runtime, set()).add(
+                hashlib.sha256(compiled.read_bytes()).hexdigest())
+    # THEN it gives the same bytes every time (a fixed hash seed), on every runtime here
+    assert THIS_RUNTIME in digests
+    assert all(len(found) == 1 for found in digests.values()), digests
 
 
-def test_layer_layout_and_contents(layer_zip: Path) -> None:
+def test_layer_fits_the_size_budget(layer_zips: dict[str, Path], runtime: str) -> None:
+    assert layer_zips[runtime].stat().st_size < SIZE_BUDGET_BYTES
+
+
+def test_layer_layout_and_contents(layer_zips: dict[str, Path], runtime: str,
+                                   interpreters: dict[str, Path]) -> None:
+    layer_zip = layer_zips[runtime]
     with zipfile.ZipFile(layer_zip) as archive:
         infos = archive.infolist()
     names = [i.filename for i in infos]
@@ -85,18 +182,30 @@ def test_layer_layout_and_contents(layer_zip: Path) -> None:
     assert "python/amp_lite/aws_lambda.py" in names
     assert "python/amp_lite/replay.py" in names
     assert "python/urllib3/__init__.py" in names
-    # never boto3/botocore, no bytecode, nothing that records the build machine
+    # never boto3/botocore, nothing that records the build machine
     assert not any(n.startswith(("python/boto3", "python/botocore", "python/s3transfer"))
                    for n in names)
-    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.endswith(("direct_url.json", "INSTALLER", "REQUESTED")) for n in names)
+    # bytecode for every module, for this runtime only
+    tag = f"cpython-{runtime.replace('.', '')}"
+    sources = [n for n in names if n.endswith(".py")]
+    compiled = [n for n in names if n.endswith(".pyc")]
+    for source in sources:
+        folder, _, file = source.rpartition("/")
+        assert f"{folder}/__pycache__/{file[:-3]}.{tag}.pyc" in names, source
+    assert len(compiled) == len(sources)
+    assert all(n.endswith(f".{tag}.pyc") for n in compiled)
     # only what runs in a function: no test helpers (FakeAmplitude, TLS), nor in the RECORD
-    assert not any(n.startswith(("python/amp_lite/testing/", "python/amp_lite/_demo"))
-                   for n in names)
+    assert not any(n.startswith(("python/amp_lite/testing/", "python/amp_lite/_demo",
+                                 "python/amp_lite/__pycache__/_demo")) for n in names)
     with zipfile.ZipFile(layer_zip) as archive:
         record = next(archive.read(n).decode() for n in names
                       if n.startswith("python/amp_lite-") and n.endswith("/RECORD"))
+        header = archive.read(f"python/amp_lite/__pycache__/__init__.{tag}.pyc")[:16]
     assert "amp_lite/testing/" not in record
+    assert f"amp_lite/__pycache__/_client.{tag}.pyc,sha256=" in record
+    # hash-based and unchecked (PEP 552): no source mtime inside, never re-validated
+    assert int.from_bytes(header[4:8], "little") == 0b01
     # pure Python: one zip for x86_64 and arm64
     assert not any(n.endswith((".so", ".pyd")) for n in names)
     # reproducible metadata: sorted, fixed times and permissions
@@ -105,8 +214,57 @@ def test_layer_layout_and_contents(layer_zip: Path) -> None:
     assert {i.external_attr >> 16 for i in infos} == {0o100644}
 
 
-def test_layer_pins_a_compatible_urllib3(layer_zip: Path) -> None:
-    with zipfile.ZipFile(layer_zip) as archive:
+# What a function imports at its first flush: the client, the Lambda adapter, the transport.
+PROBE = """
+import importlib, json, sys
+names = ["amp_lite", "amp_lite.aws_lambda", "amp_lite._http", "amp_lite.replay", "urllib3"]
+for name in names:
+    importlib.import_module(name)
+layer = sys.argv[1]
+ours = {n: m for n, m in sys.modules.items()
+        if (getattr(m, "__file__", None) or "").startswith(layer)}
+print(json.dumps({n: [m.__file__, m.__cached__] for n, m in sorted(ours.items())}))
+"""
+
+
+def test_layer_imports_its_own_bytecode_from_a_read_only_copy(
+        layer_zips: dict[str, Path], runtime: str, interpreters: dict[str, Path],
+        tmp_path: Path) -> None:
+    # GIVEN the layer unzipped read-only, and that runtime's interpreter with no site-packages
+    python_dir = _unzip_read_only(layer_zips[runtime], tmp_path / "opt")
+    before = sorted(p.relative_to(python_dir) for p in python_dir.rglob("*"))
+    try:
+        # WHEN a fresh process imports amp_lite and its transport, writing no bytecode (from
+        # elsewhere: `-c` puts the working directory, this checkout, first on the path)
+        done = subprocess.run(
+            [str(interpreters[runtime]), "-S", "-v", "-c", PROBE, str(python_dir)],
+            env={"PYTHONPATH": str(python_dir), "PYTHONDONTWRITEBYTECODE": "1",
+                 "PATH": os.environ.get("PATH", "")},
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
+        after = sorted(p.relative_to(python_dir) for p in python_dir.rglob("*"))
+    finally:
+        _make_writable(tmp_path / "opt")
+    # THEN every module came from the layer, each from its .pyc for this runtime
+    modules = json.loads(done.stdout)
+    assert {"amp_lite", "amp_lite._http", "amp_lite.aws_lambda", "urllib3"} <= set(modules)
+    tag = f"cpython-{runtime.replace('.', '')}"
+    for name, (source, cached) in modules.items():
+        assert source.startswith(str(python_dir)), name
+        assert cached.endswith(f".{tag}.pyc") and Path(cached).is_file(), name
+        assert f"# code object from '{cached}'" in done.stderr, name
+    # and none was compiled from source (-v names the source then), nothing was written
+    loaded = [line for line in done.stderr.splitlines()
+              if line.startswith("# code object from") and str(python_dir) in line]
+    assert loaded and all(line.endswith(".pyc'") for line in loaded)
+    assert after == before
+
+
+@pytest.mark.parametrize("layer_runtime", ["python3.11", "python3.13"])
+def test_layer_pins_a_compatible_urllib3(layer_zips: dict[str, Path], layer_runtime: str) -> None:
+    runtime = layer_runtime.removeprefix("python")
+    if runtime not in layer_zips:
+        pytest.skip(f"no {layer_runtime} interpreter here")
+    with zipfile.ZipFile(layer_zips[runtime]) as archive:
         versions = [n.split("/")[1] for n in archive.namelist()
                     if n.startswith("python/urllib3-") and n.endswith(".dist-info/METADATA")]
     assert len(versions) == 1
@@ -117,19 +275,26 @@ def test_layer_pins_a_compatible_urllib3(layer_zip: Path) -> None:
     assert f"urllib3=={version}" in pinned
 
 
-def test_makefile_target_used_by_sam_build(tmp_path: Path) -> None:
-    # GIVEN the makefile SAM runs for BuildMethod: makefile (sam build --build-in-source)
+def test_makefile_target_used_by_sam_build_from_a_scratch_copy(tmp_path: Path) -> None:
+    # GIVEN the makefile SAM runs for BuildMethod: makefile, from a scratch copy of its folder
+    # (plain `sam build` runs make there, with the original Makefile's path)
+    scratch = tmp_path / "scratch"
+    shutil.copytree(REPO_ROOT / "layers" / "amp_lite", scratch)
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     # WHEN its target runs with ARTIFACTS_DIR set, as SAM does
-    subprocess.run(["make", "-C", str(REPO_ROOT / "layers" / "amp_lite"), "build-AmpLiteLayer",
-                    f"ARTIFACTS_DIR={artifacts}", f"PYTHON={sys.executable}"],
-                   check=True, capture_output=True, timeout=300,
-                   env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
-    # THEN the layer content is there, python/ at its root
+    subprocess.run(["make", "--makefile", str(REPO_ROOT / "layers" / "amp_lite" / "Makefile"),
+                    "build-AmpLiteLayer", f"ARTIFACTS_DIR={artifacts}",
+                    f"PYTHON={sys.executable}"],
+                   cwd=scratch, check=True, capture_output=True, timeout=300,
+                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                        "HOME": os.environ.get("HOME", "/")})
+    # THEN the layer content is there, python/ at its root, compiled for the stack's runtime
     assert (artifacts / "python" / "amp_lite" / "__init__.py").is_file()
     assert (artifacts / "python" / "urllib3" / "__init__.py").is_file()
-    assert not list(artifacts.rglob("__pycache__"))
+    assert (artifacts / "python" / "amp_lite" / "__pycache__" / "__init__.cpython-312.pyc"
+            ).is_file()
+    assert not list(artifacts.rglob("*.cpython-311.pyc"))
 
 
 @pytest.mark.parametrize(("handler", "extra_env"), [
@@ -141,7 +306,8 @@ def test_canary_runs_handlers_from_the_layer_alone(
         handler: str, extra_env: dict[str, str]) -> None:
     # GIVEN only the unzipped layer, the function code and the runtime client on the path
     env = {"AMPLITUDE_API_KEY": API_KEY, "AMPLITUDE_SERVER_URL": fake.url,
-           "AMP_LITE_SPILL_DIR": str(tmp_path / "spill"), **extra_env}
+           "AMP_LITE_SPILL_DIR": str(tmp_path / "spill"), "PYTHONDONTWRITEBYTECODE": "1",
+           **extra_env}
     code = tmp_path / "task"
     shutil.copytree(EXAMPLES, code)
     with lambda_runtime(handler, env=env, python_path=[code, layer_dir, runtime_dir],
