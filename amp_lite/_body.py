@@ -81,12 +81,15 @@ class ScopedBody(Generic[Chunk]):
 
 
 def keep_open_for_body(result: Any, scope: Invocation, *, flask_view: bool) -> Any | None:
-    """When a handler's `result` is a body still to be generated — a streamed werkzeug/Flask
-    Response (`is_streamed`), or, from a Flask view (`flask_view`: Flask streams it), a bare
-    generator, either also as the first item of a `(body, status, headers)` tuple — the same
-    result with its body wrapped in a `ScopedBody` that owns the flush; else None (the caller
-    flushes now). A generator returned elsewhere (a Lambda handler) is nobody's body: it is
-    flushed at once, never left open."""
+    """When a handler's `result` is still to be produced — a coroutine (a plain `def`
+    decorator around an `async def` returns one), a streamed werkzeug/Flask Response
+    (`is_streamed`), or, from a Flask view (`flask_view`: Flask streams it), a bare generator,
+    either also as the first item of a `(body, status, headers)` tuple — the same result,
+    produced inside `scope`, which it flushes when done (a coroutine awaiting the original, or
+    the body wrapped in a `ScopedBody`); else None (the caller flushes now). A generator
+    returned elsewhere (a Lambda handler) is nobody's body: it is flushed at once."""
+    if inspect.iscoroutine(result):
+        return _awaited_in_scope(result, scope)
     if isinstance(result, tuple) and result:
         first = keep_open_for_body(result[0], scope, flask_view=flask_view)
         return None if first is None else (first, *result[1:])
@@ -96,6 +99,15 @@ def keep_open_for_body(result: Any, scope: Invocation, *, flask_view: bool) -> A
         result.response = ScopedBody(result.response, scope)
         return result
     return None
+
+
+async def _awaited_in_scope(coroutine: Any, scope: Invocation) -> Any:
+    """`await coroutine` inside `scope` (in the awaiting task's context), then its flush."""
+    scope.enter()
+    try:
+        return await coroutine
+    finally:
+        await afinish(scope)  # closes the scope (leaving it) before the async flush
 
 
 def _is_streamed_response(result: Any) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -408,3 +409,38 @@ def test_an_async_handlers_exception_passes_through_after_the_flush(fake: FakeAm
     with pytest.raises(KeyError, match="the handler's own"):
         asyncio.run(handler({}, FakeContext(3000)))
     assert [e["event_type"] for e in fake.events] == ["Before Failing"]
+
+
+def test_a_coroutine_returned_by_a_plain_def_decorator_is_flushed_when_awaited(
+        fake: FakeAmplitude) -> None:
+    import asyncio
+
+    client = Amplitude(API_KEY, server_url=fake.url, overflow=())
+
+    def plain(function: Callable[..., Any]) -> Callable[..., Any]:
+        # a decorator that does not mark itself async: it returns the coroutine unawaited
+        @functools.wraps(function)
+        def call(*args: Any) -> Any:
+            return function(*args)
+
+        return call
+
+    # GIVEN an async handler under such a decorator, with @amplitude_flush outermost
+    @amplitude_flush(client)
+    @plain
+    async def handler(event: Any, context: Any) -> str:
+        await asyncio.sleep(0)
+        client.track("Awaited Later", user_id="user-async")
+        if event.get("fail"):
+            raise KeyError("the handler's own")
+        return "awaited ok"
+
+    # WHEN the caller awaits what the call returned / THEN its result passes through, and the
+    # event tracked while it ran was flushed by its scope (it waited for the next flush)
+    assert asyncio.run(handler({}, FakeContext(3000))) == "awaited ok"
+    assert [e["event_type"] for e in fake.events] == ["Awaited Later"]
+    assert client.pending == 0
+    # AND an exception passes through unchanged, after its event was flushed
+    with pytest.raises(KeyError, match="the handler's own"):
+        asyncio.run(handler({"fail": True}, FakeContext(3000)))
+    assert len(fake.events) == 2
