@@ -33,21 +33,9 @@ from amp_lite.asgi import AmplitudeMiddleware as AsgiMiddleware
 from amp_lite.testing import FakeAmplitude, Fault
 from amp_lite.wsgi import AmplitudeMiddleware as WsgiMiddleware
 from tests.conftest import API_KEY
+from tests.support.doubles import LambdaContext
 
 TOLERANCE_S = 0.5
-
-
-class LambdaContext:
-    """Lambda's context: the remaining time counts down from `remaining_ms`."""
-
-    aws_request_id = "00000000-1111-2222-3333-444444444444"
-    function_name = "amp-web"
-
-    def __init__(self, remaining_ms: int) -> None:
-        self._deadline = time.monotonic() + remaining_ms / 1000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def http_api_event(path: str, *, method: str = "GET", body: str | None = None,

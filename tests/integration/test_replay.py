@@ -23,6 +23,7 @@ from amp_lite.replay import make_handler
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 from tests.support.sqs_events import (
+    ReplayContext,
     create_queue,
     decoded_events,
     esm_round,
@@ -40,21 +41,6 @@ from tests.support.sqs_events import (
 
 MARGIN_MS = 500  # amp_lite._wrap.DEFAULT_MARGIN_MS, make_handler's default
 TOLERANCE_S = 0.6
-
-
-class _Context:
-    """A Lambda context with a fixed remaining time."""
-
-    function_name = "amp-replay"
-    memory_limit_in_mb = "256"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:amp-replay"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
-
-    def __init__(self, remaining_ms: int) -> None:
-        self.remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture
@@ -102,7 +88,7 @@ def test_outage_then_replay_delivers_all_tracked_minus_rejected(
     # WHEN Amplitude is back and the replay handler gets the messages as an SQS event
     fake.clear_faults()
     event = lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url))
-    response = _replay_handler(fake)(event, _Context(30_000))
+    response = _replay_handler(fake)(event, ReplayContext(30_000))
 
     # THEN every record succeeded, and Amplitude holds exactly the tracked events
     assert response == {"batchItemFailures": []}
@@ -121,10 +107,10 @@ def test_redelivered_record_delivers_nothing_twice(
 
     # WHEN it is replayed, its delete is lost, and SQS delivers it a second time
     first = receive(sqs, queue_url)
-    assert handler(lambda_sqs_event(first, event_source_arn=arn), _Context(30_000)) == {
+    assert handler(lambda_sqs_event(first, event_source_arn=arn), ReplayContext(30_000)) == {
         "batchItemFailures": []}
     second, response, deleted = esm_round(
-        sqs, queue_url, lambda e: handler(e, _Context(30_000)), event_source_arn=arn)
+        sqs, queue_url, lambda e: handler(e, ReplayContext(30_000)), event_source_arn=arn)
 
     # THEN the second delivery was the same message, it succeeded again...
     assert [m["MessageId"] for m in second] == [m["MessageId"] for m in first]
@@ -147,7 +133,8 @@ def test_duplicate_messages_in_one_batch_are_sent_once(
 
     # WHEN both arrive in one batch
     response = _replay_handler(fake)(
-        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)), _Context(30_000))
+        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
+        ReplayContext(30_000))
 
     # THEN both records succeed and each event reached Amplitude in one request, once
     assert response == {"batchItemFailures": []}
@@ -170,7 +157,7 @@ def test_throttled_users_fail_their_records_until_the_throttle_lifts(
     arn = queue_arn(sqs, queue_url)
 
     def invoke(event: dict[str, Any]) -> Any:
-        return handler(event, _Context(30_000))
+        return handler(event, ReplayContext(30_000))
 
     # WHEN the event source mapping delivers them while the user is throttled
     received, response, deleted = esm_round(sqs, queue_url, invoke, event_source_arn=arn)
@@ -215,7 +202,8 @@ def test_hostile_batch_fails_only_the_bad_records(
 
     # WHEN the handler gets them in one event
     response = _replay_handler(fake)(
-        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)), _Context(30_000))
+        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
+        ReplayContext(30_000))
 
     # THEN no exception escaped, only the three bad records are listed as failures...
     assert failed_ids(response) == set(bad_ids)
@@ -246,7 +234,7 @@ def test_tiny_deadline_returns_quickly_and_fails_records_with_events(
 
     # WHEN it runs
     started = time.monotonic()
-    response = handler(event, _Context(600))
+    response = handler(event, ReplayContext(600))
     took = time.monotonic() - started
 
     # THEN it returned within its 100 ms budget (plus tolerance), failing the records with events
@@ -271,7 +259,7 @@ def test_poison_message_reaches_the_dead_letter_queue(
     failures: list[set[str]] = []
     for _ in range(6):
         received, response, _deleted = esm_round(
-            sqs, source_url, lambda e: handler(e, _Context(30_000)), event_source_arn=arn)
+            sqs, source_url, lambda e: handler(e, ReplayContext(30_000)), event_source_arn=arn)
         if not received:
             break
         failures.append(failed_ids(response))
@@ -320,7 +308,8 @@ def test_events_of_a_client_with_min_id_length_survive_replay(
 
     # WHEN the replay consumer delivers it
     response = default_replay_handler(
-        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)), _Context(30_000))
+        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
+        ReplayContext(30_000))
 
     # THEN the event reaches Amplitude instead of being rejected as an invalid id length
     assert response == {"batchItemFailures": []}
@@ -343,7 +332,8 @@ def test_same_insert_id_for_different_users_is_not_collapsed(
 
     # WHEN they are replayed
     response = _replay_handler(fake)(
-        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)), _Context(30_000))
+        lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
+        ReplayContext(30_000))
 
     # THEN both users' events reach Amplitude (or the record is not reported as settled)
     assert response == {"batchItemFailures": []}
@@ -367,7 +357,7 @@ def test_a_refused_request_keeps_the_backlog_queued(
 
         # WHEN the replay consumer handles the batch
         messages, response, deleted = esm_round(
-            sqs, queue_url, lambda e: handler(e, _Context(30_000)),
+            sqs, queue_url, lambda e: handler(e, ReplayContext(30_000)),
             event_source_arn=queue_arn(sqs, queue_url))
 
     # THEN every record failed (SQS keeps it, then moves it to the dead-letter queue) and
@@ -377,7 +367,8 @@ def test_a_refused_request_keeps_the_backlog_queued(
     assert any(refusal in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     fake.clear_faults()
     # AND once the configuration is fixed, the same messages are delivered
-    _, response, _ = esm_round(sqs, queue_url, lambda e: _replay_handler(fake)(e, _Context(30_000)),
+    _, response, _ = esm_round(sqs, queue_url,
+                               lambda e: _replay_handler(fake)(e, ReplayContext(30_000)),
                                event_source_arn=queue_arn(sqs, queue_url))
     assert failed_ids(response) == set()
     assert sorted(fake.insert_ids) == sorted(e.insert_id for e in events)

@@ -24,6 +24,7 @@ from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
 from tests.support.raw_server import silent_endpoint
 from tests.support.sqs_events import (
+    ReplayContext,
     create_queue,
     failed_ids,
     lambda_record,
@@ -38,19 +39,10 @@ from tests.support.sqs_events import (
     sqs_client,
     wire_event,
 )
+from tests.support.sqs_raw_server import isolate_from_aws
 
 TOLERANCE_S = 0.6  # generous: two shared cores, and moto's long poll checks every few ms
 BASE_S = 2  # the injected schedule: 2 s after the first receive, 4 s after the second...
-
-
-class _Context:
-    """A Lambda context with a fixed remaining time."""
-
-    def __init__(self, remaining_ms: int) -> None:
-        self.remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture
@@ -99,7 +91,7 @@ def test_a_failed_record_is_hidden_instead_of_coming_back_at_the_queue_default(
 
     # WHEN the replay handler fails it
     response = handler(lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
-                       _Context(30_000))
+                       ReplayContext(30_000))
 
     # THEN it is reported as failed, and SQS keeps it hidden rather than showing it again at once
     assert failed_ids(response) == {message_id}
@@ -125,7 +117,7 @@ def test_failed_records_come_back_by_receive_count_and_others_are_untouched(
 
     # WHEN the replay handler gets the batch
     event = lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url))
-    response = handler(event, _Context(30_000))
+    response = handler(event, ReplayContext(30_000))
     changed_at = time.monotonic()  # the change was made before the handler returned
 
     # THEN the throttled records and the poison one failed...
@@ -156,7 +148,7 @@ def test_the_visibility_change_keeps_its_time_when_amplitude_hangs(
     # WHEN the handler runs with 2.5 s left (a 2 s deadline after the 500 ms margin)
     started = time.monotonic()
     response = handler(lambda_sqs_event(messages, event_source_arn=queue_arn(sqs, queue_url)),
-                       _Context(2_500))
+                       ReplayContext(2_500))
     took = time.monotonic() - started
 
     # THEN it kept its deadline, and the send left the visibility change its reserve: the
@@ -169,14 +161,7 @@ def test_the_visibility_change_keeps_its_time_when_amplitude_hangs(
 @pytest.fixture
 def hanging_sqs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """boto3 pointed at a 127.0.0.1 socket that accepts connections and never answers."""
-    for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-                        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-                        }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    isolate_from_aws(monkeypatch, tmp_path)
     with silent_endpoint() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         yield endpoint
@@ -200,7 +185,7 @@ def test_a_hanging_sqs_during_the_visibility_change_keeps_the_handler_within_its
 
     # WHEN the handler runs with 2 s left (a 1.5 s deadline after the 500 ms margin)
     started = time.monotonic()
-    response = handler(event, _Context(2_000))
+    response = handler(event, ReplayContext(2_000))
     took = time.monotonic() - started
 
     # THEN it returned by its deadline, every record reported failed (SQS redelivers them after

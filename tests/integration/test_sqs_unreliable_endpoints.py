@@ -28,6 +28,7 @@ from tests.support.sqs_raw_server import (
     QUEUE,
     SQSReplyServer,
     http_reply,
+    isolate_from_aws,
     success_body,
 )
 
@@ -46,16 +47,9 @@ NOT_A_BATCH_RESULT = {
 
 @pytest.fixture
 def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Dummy credentials and region, and no AWS configuration from the machine running tests;
-    each test points AWS_ENDPOINT_URL at its own 127.0.0.1 server."""
-    for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
-                        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-                        }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    """No AWS configuration from the machine running tests; each test points AWS_ENDPOINT_URL
+    at its own 127.0.0.1 server."""
+    isolate_from_aws(monkeypatch, tmp_path)
     yield
 
 

@@ -42,6 +42,27 @@ class FakeClock:
         self.now += seconds
 
 
+# -- Lambda's context object ---------------------------------------------------------------------
+
+
+class LambdaContext:
+    """Lambda's context: remaining time counts down from `remaining_ms` at construction."""
+
+    function_name = "amp-test"
+    function_version = "$LATEST"
+    memory_limit_in_mb = "256"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:amp-test"
+    aws_request_id = "00000000-1111-2222-3333-444444444444"
+    log_group_name = "/aws/lambda/amp-test"
+    log_stream_name = "test"
+
+    def __init__(self, remaining_ms: int) -> None:
+        self._deadline = time.monotonic() + remaining_ms / 1000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
 # -- transport ------------------------------------------------------------------------------------
 
 

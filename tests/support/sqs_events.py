@@ -164,3 +164,18 @@ def esm_round(sqs: Any, queue_url: str, invoke: Callable[[dict[str, Any]], Any],
 def decoded_events(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every event carried by amp-lite overflow messages."""
     return [event for m in messages for event in json.loads(m["Body"])["events"]]
+
+
+class ReplayContext:
+    """The replay function's Lambda context, with a fixed remaining time."""
+
+    function_name = "amp-replay"
+    memory_limit_in_mb = "256"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:amp-replay"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms

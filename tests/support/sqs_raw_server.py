@@ -11,6 +11,9 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from tests.support.raw_server import RawServer
 
@@ -108,3 +111,16 @@ def _read_request(conn: socket.socket) -> Request | None:
             return None
         body += chunk
     return Request(head, body)
+
+
+def isolate_from_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials and region, and no AWS configuration from the machine running tests:
+    the test then points AWS_ENDPOINT_URL at its own 127.0.0.1 server."""
+    for name, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+                        }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)

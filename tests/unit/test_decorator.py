@@ -15,26 +15,9 @@ import amp_lite
 from amp_lite import Amplitude, amplitude_flush
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.conftest import API_KEY
+from tests.support.doubles import LambdaContext
 
 TOLERANCE_S = 0.4
-
-
-class FakeContext:
-    """Lambda's context: remaining time counts down from `remaining_ms` at construction."""
-
-    function_name = "amp-test"
-    function_version = "$LATEST"
-    memory_limit_in_mb = "256"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:amp-test"
-    aws_request_id = "00000000-1111-2222-3333-444444444444"
-    log_group_name = "/aws/lambda/amp-test"
-    log_stream_name = "test"
-
-    def __init__(self, remaining_ms: int) -> None:
-        self._deadline = time.monotonic() + remaining_ms / 1000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +42,7 @@ def test_bare_decorator_flushes_the_default_client(env_client: FakeAmplitude) ->
         return "ok"
 
     # WHEN it runs
-    result = handler({}, FakeContext(3000))
+    result = handler({}, LambdaContext(3000))
     # THEN its event was delivered before it returned
     assert result == "ok"
     assert [e["event_type"] for e in env_client.events] == ["Bare"]
@@ -76,8 +59,8 @@ def test_decorator_with_a_client_positionally_and_by_keyword(fake: FakeAmplitude
     def keyword(event: Any, context: Any) -> None:
         client.track("Keyword", user_id="user-two")
 
-    positional({}, FakeContext(3000))
-    keyword({}, FakeContext(3000))
+    positional({}, LambdaContext(3000))
+    keyword({}, LambdaContext(3000))
     assert [e["event_type"] for e in fake.events] == ["Positional", "Keyword"]
 
 
@@ -110,9 +93,9 @@ def test_return_value_and_exception_pass_through_unchanged(fake: FakeAmplitude) 
         client.track("Raises", user_id="user-rai")
         raise error
 
-    assert returns({}, FakeContext(3000)) is sentinel
+    assert returns({}, LambdaContext(3000)) is sentinel
     with pytest.raises(KeyError) as caught:
-        raises({}, FakeContext(3000))
+        raises({}, LambdaContext(3000))
     assert caught.value is error
     assert [e["event_type"] for e in fake.events] == ["Returns", "Raises"]
 
@@ -131,9 +114,9 @@ def test_a_failing_flush_changes_neither_result_nor_exception(
 
     # WHEN the handler returns and when it raises
     with caplog.at_level(logging.ERROR, logger="amp_lite"):
-        assert handler({}, FakeContext(3000)) == "result"
+        assert handler({}, LambdaContext(3000)) == "result"
         with pytest.raises(RuntimeError, match="handler failure"):
-            handler({"fail": True}, FakeContext(3000))
+            handler({"fail": True}, LambdaContext(3000))
     # THEN the failures were logged (naming the variable), not raised
     assert "AMPLITUDE_API_KEY" in caplog.text
 
@@ -149,7 +132,7 @@ def test_flush_is_bounded_by_remaining_time_minus_margin(fake: FakeAmplitude) ->
 
     # WHEN the handler runs
     started = time.monotonic()
-    handler({}, FakeContext(1500))
+    handler({}, LambdaContext(1500))
     took = time.monotonic() - started
     # THEN the flush gave up at remaining - margin (1.0 s), not at flush_timeout_s
     assert 0.5 <= took <= 1.0 + TOLERANCE_S
@@ -165,7 +148,7 @@ def test_flush_timeout_caps_a_long_invocation(fake: FakeAmplitude) -> None:
         client.track("Long", user_id="user-long")
 
     started = time.monotonic()
-    handler({}, FakeContext(900_000))
+    handler({}, LambdaContext(900_000))
     # THEN the handler returned after about flush_timeout_s, not 899.5 s
     assert time.monotonic() - started <= 0.8 + TOLERANCE_S
 
@@ -196,7 +179,7 @@ def test_context_passed_by_keyword_is_used(fake: FakeAmplitude) -> None:
         client.track("Kw", user_id="user-kwarg")
 
     started = time.monotonic()
-    handler(event={}, context=FakeContext(700))
+    handler(event={}, context=LambdaContext(700))
     assert time.monotonic() - started <= 0.6 + TOLERANCE_S
 
 
@@ -213,11 +196,11 @@ def test_margin_larger_than_remaining_sends_nothing_and_counts_everything(
 
     wrapped = amplitude_flush(client)(handler)
     # WHEN it runs
-    with client.invocation(remaining_time_ms=FakeContext(300).get_remaining_time_in_millis,
+    with client.invocation(remaining_time_ms=LambdaContext(300).get_remaining_time_in_millis,
                            margin_ms=500) as inv:
         handler({}, None)
     scope_reports.append(inv.report)
-    wrapped({}, FakeContext(300))
+    wrapped({}, LambdaContext(300))
     # THEN no request was sent, and with no time left not even the spill could be written:
     # both events are counted, dropped as sink_failed (the flush keeps its deadline, I3)
     assert fake.requests == []
@@ -236,7 +219,7 @@ def test_unbuildable_default_client_is_logged_and_the_handler_still_runs(
         return "still served"
 
     with caplog.at_level(logging.ERROR, logger="amp_lite"):
-        assert handler({}, FakeContext(3000)) == "still served"
+        assert handler({}, LambdaContext(3000)) == "still served"
     assert "AMPLITUDE_SERVER_ZONE" in caplog.text
 
 
@@ -345,7 +328,7 @@ def test_a_method_handler_flushes_within_its_lambda_context(fake: FakeAmplitude)
     # WHEN it runs with 700 ms left / THEN the context's deadline bounds the flush (it used to
     # read the event as the context, and only flush_timeout_s bounded it)
     started = time.monotonic()
-    assert Service().handle({}, FakeContext(700)) == "served"
+    assert Service().handle({}, LambdaContext(700)) == "served"
     assert time.monotonic() - started <= 0.6 + TOLERANCE_S
 
 
@@ -391,7 +374,7 @@ def test_an_async_handler_is_awaited_then_flushed(fake: FakeAmplitude) -> None:
     assert inspect.iscoroutinefunction(handler) and handler.__name__ == "handler"
     # WHEN it runs / THEN its result passes through and its event was flushed by its scope
     # (it used to stay in memory: the wrapper returned the coroutine before it ran)
-    assert asyncio.run(handler({}, FakeContext(3000))) == "async ok"
+    assert asyncio.run(handler({}, LambdaContext(3000))) == "async ok"
     assert [e["event_type"] for e in fake.events] == ["Async"]
     assert client.pending == 0
 
@@ -407,7 +390,7 @@ def test_an_async_handlers_exception_passes_through_after_the_flush(fake: FakeAm
         raise KeyError("the handler's own")
 
     with pytest.raises(KeyError, match="the handler's own"):
-        asyncio.run(handler({}, FakeContext(3000)))
+        asyncio.run(handler({}, LambdaContext(3000)))
     assert [e["event_type"] for e in fake.events] == ["Before Failing"]
 
 
@@ -437,10 +420,10 @@ def test_a_coroutine_returned_by_a_plain_def_decorator_is_flushed_when_awaited(
 
     # WHEN the caller awaits what the call returned / THEN its result passes through, and the
     # event tracked while it ran was flushed by its scope (it waited for the next flush)
-    assert asyncio.run(handler({}, FakeContext(3000))) == "awaited ok"
+    assert asyncio.run(handler({}, LambdaContext(3000))) == "awaited ok"
     assert [e["event_type"] for e in fake.events] == ["Awaited Later"]
     assert client.pending == 0
     # AND an exception passes through unchanged, after its event was flushed
     with pytest.raises(KeyError, match="the handler's own"):
-        asyncio.run(handler({"fail": True}, FakeContext(3000)))
+        asyncio.run(handler({"fail": True}, LambdaContext(3000)))
     assert len(fake.events) == 2

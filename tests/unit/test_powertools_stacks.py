@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from amp_lite import Amplitude, amplitude_flush
 from amp_lite.testing import FakeAmplitude
 from tests.conftest import API_KEY
-from tests.unit.test_decorator import FakeContext
+from tests.support.doubles import LambdaContext
 
 log_lines = io.StringIO()
 logger = Logger(service="amp-test", logger_handler=logging.StreamHandler(log_lines))
@@ -45,9 +45,9 @@ def test_stacks_with_powertools_in_either_order(fake: FakeAmplitude, order: str,
     client = Amplitude(API_KEY, server_url=fake.url, overflow=())
     handler = _handlers(client)[order]
     # WHEN it runs once successfully and once raising
-    assert handler({"n": 1}, FakeContext(3000)) == {"n": 1}
+    assert handler({"n": 1}, LambdaContext(3000)) == {"n": 1}
     with pytest.raises(ValueError, match="stacked failure"):
-        handler({"n": 2, "fail": True}, FakeContext(3000))
+        handler({"n": 2, "fail": True}, LambdaContext(3000))
     # THEN both events were flushed, the name survived, and Powertools still did its part
     assert [e["event_properties"]["n"] for e in fake.events] == [1, 2]
     assert handler.__name__ == "body"
