@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 
 from . import _report as r
 from ._config import MISSING_API_KEY, ClientConfig
@@ -135,14 +134,16 @@ def bound(retry: Retry, sender: Sender) -> Retry:
     return retry.bind(sender) if isinstance(retry, BaseRetryHandler) else retry
 
 
-@dataclass(frozen=True)
 class _Send:
     """A step of a delivery plan: let `strategy` send `batch` by `deadline`; the plan is
     sent the SendOutcome."""
 
-    strategy: Retry
-    batch: list[BufferedEvent]
-    deadline: Deadline
+    __slots__ = ("batch", "deadline", "strategy")
+
+    def __init__(self, strategy: Retry, batch: list[BufferedEvent], deadline: Deadline) -> None:
+        self.strategy = strategy
+        self.batch = batch
+        self.deadline = deadline
 
 
 _DeliveryPlan = Generator[_Send, SendOutcome, None]

@@ -733,6 +733,8 @@ def summarize(results: Results, sizes: Sizes) -> list[dict[str, Any]]:
     for row in rows(sizes):
         ours = results.values(row.scenario, AMP, row.metric)
         theirs = results.values(row.scenario, OFFICIAL, row.metric)
+        if not ours and not theirs:  # a scenario left out by --scenario
+            continue
         amp_median = statistics.median(ours) if ours else None
         official_median = statistics.median(theirs) if theirs else None
         ratio = (amp_median / official_median
@@ -820,6 +822,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions per SDK")
     parser.add_argument("--json", type=Path, default=HERE / "results.json",
                         help="where to write the raw numbers (default: benchmarks/results.json)")
+    parser.add_argument("--scenario", type=int, action="append", choices=range(1, 7),
+                        metavar="N", help="run only scenario N (1-6; repeatable; default: all)")
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
@@ -834,7 +838,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     proc, env = start_collector()
     started = time.monotonic()
     try:
-        for name, scenario in SCENARIOS:
+        for number, (name, scenario) in enumerate(SCENARIOS, start=1):
+            if args.scenario and number not in args.scenario:
+                continue
             progress(f"{name} ({sizes.reps} repetitions per SDK)...")
             scenario(env, sizes, results)
     finally:
