@@ -54,6 +54,8 @@ VOLATILE_METADATA = ("direct_url.json", "INSTALLER", "REQUESTED")
 SOURCE_FILES = ("pyproject.toml", "README.md")  # with amp_lite/: what the wheel is built from
 # Not for a function: FakeAmplitude and the TLS helpers are for tests (`amp-lite demo` too).
 LEFT_OUT = ("__pycache__", "*.pyc", "testing", "_demo.py")
+# The extension's own process: only in the extension layer (the function side is _handoff).
+EXTENSION_ONLY = ("_extension.py", "_extension_boot.py")
 # Where Lambda mounts a layer's python/: the file names the bytecode records (tracebacks),
 # so that they do not name the build's scratch directory (and the build stays reproducible).
 LAYER_PATH = "/opt/python"
@@ -95,15 +97,16 @@ def find_interpreter(runtime: str) -> Path:
                      f"`pyenv install {runtime}`): cannot compile the python{runtime} layer")
 
 
-def build_wheel(work: Path) -> Path:
+def build_wheel(work: Path, *, extension: bool = False) -> Path:
     """amp_lite's wheel from a clean copy of this checkout (setuptools would reuse a stale
     build/ directory, shipping modules that no longer exist)."""
     source = work / "source"
     source.mkdir()
     for name in SOURCE_FILES:
         shutil.copy2(REPO_ROOT / name, source / name)
+    left_out = LEFT_OUT if extension else (*LEFT_OUT, *EXTENSION_ONLY)
     shutil.copytree(REPO_ROOT / "amp_lite", source / "amp_lite",
-                    ignore=shutil.ignore_patterns(*LEFT_OUT))
+                    ignore=shutil.ignore_patterns(*left_out))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--disable-pip-version-check", "--wheel-dir", str(work), str(source)],
                    check=True)
@@ -243,7 +246,7 @@ def build(runtimes: Sequence[str], *, outputs: dict[str, Path] | None = None,
     interpreters = {runtime: find_interpreter(runtime) for runtime in runtimes}
     digests: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        wheel = build_wheel(Path(scratch))
+        wheel = build_wheel(Path(scratch), extension=extension)
         for runtime, interpreter in interpreters.items():
             if into is not None:
                 shutil.rmtree(into / "python", ignore_errors=True)
