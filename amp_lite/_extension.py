@@ -175,7 +175,9 @@ class Extension:
         handed = self.handed.pop(invoke.request_id, 0)
         self.handed.clear()  # hand-offs that came late, from earlier invocations: spilled too
         report = self.deliver(invoke.deadline)
-        summary = {"request_id": invoke.request_id, "handed_off": handed, **report.summary()}
+        # `handed_off`: what this invocation handed over (the report's own counts what a flush
+        # handed on, none here); `recovered` and the rest: what the flush did with the spill
+        summary = {**report.summary(), "request_id": invoke.request_id, "handed_off": handed}
         logger.info("amp_lite extension flush %s", json.dumps(summary, sort_keys=True),
                     extra={FLUSH_LOG_FIELD: summary})
 
@@ -260,12 +262,15 @@ def listen(path: str) -> socket.socket:
 
 
 def _configure_logging() -> None:
-    """Lambda sends the extension's stderr to the function's log group."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger.addHandler(handler)
+    """Lambda sends the extension's stderr to the function's log group. As in the function,
+    AMP_LITE_LOG_LEVEL=INFO shows the summary lines (`configure_logger` has set that up);
+    without it, warnings and errors still show."""
+    if not any(not isinstance(each, logging.NullHandler) for each in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.WARNING)
 
 
 def _margin_s(env: Mapping[str, str]) -> float:

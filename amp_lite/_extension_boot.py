@@ -60,9 +60,21 @@ def main(argv: list[str]) -> int:
         print(f"amp_lite extension: could not register with the Extensions API: {exc!r}",
               file=sys.stderr, flush=True)
         return 1
+    _add_runtime_packages()
     from amp_lite._extension import run  # after registering, on purpose
 
     return run(identifier, enabled=enabled)
+
+
+def _add_runtime_packages() -> None:
+    """After the layer, what the runtime itself has (boto3 for an SQS overflow queue): this
+    interpreter's site-packages (`-S` left them out) and /var/runtime, where Lambda's managed
+    Python runtimes keep boto3."""
+    import sysconfig
+
+    for folder in (sysconfig.get_paths()["purelib"], "/var/runtime"):
+        if os.path.isdir(folder) and folder not in sys.path:
+            sys.path.append(folder)
 
 
 if __name__ == "__main__":
