@@ -306,11 +306,14 @@ class Amplitude:
                 tally = self._without_key(exc, buffer, events, deadline, raise_config_error)
         return self._report(tally, outside, buffers, started)
 
-    def _deliver_spilled(self, deadline: Deadline) -> Tally:
-        """One flush of what the local spill holds (at most max_request_events), however short
-        `deadline`: the Lambda extension's flush, whose events are the hand-offs it stored
-        there. Raises ConfigError without a key."""
-        return Delivery(self._route, deadline, recovery_min_s=0.0).run([], self._retry)
+    def _deliver_handed(self, events: list[BufferedEvent], deadline: Deadline) -> Tally:
+        """The Lambda extension's flush of the events handed to it: a scope's flush, but one
+        that reads the spill back however short `deadline` (the extension's spill holds only
+        events of this function). Never raises."""
+        try:
+            return Delivery(self._route, deadline, recovery_min_s=0.0).run(events, self._retry)
+        except ConfigError as exc:
+            return undeliverable(self._route, events, exc, deadline)
 
     def _handed_off(self, events: list[BufferedEvent], request_id: str | None) -> bool:
         """Whether the Lambda extension took the invocation's events (even none: so that it

@@ -7,11 +7,14 @@ the hand-off socket (`_handoff`), so a hand-off is taken whenever it comes.
 
 For each INVOKE: wait until the function's hand-off for that request id arrived (a scope's
 flush always hands off, even with no events), or until the invocation's deadline minus the
-margin; then deliver, within that deadline, what the spill holds, overflowing what is left as
-the client would (SQS, the local spill); log one summary line; call `event/next`, which ends
-the invocation. A hand-off is acknowledged only once its events are in the local spill, so
-an extension killed after the acknowledgement loses nothing: the next flush (of the next
-extension or of the function) reads them back. On SHUTDOWN, the same within its deadline.
+margin; then flush the events handed over, within that deadline, as the client would: what
+is not delivered is overflowed (SQS, the local spill); log one summary line; call
+`event/next`, which ends the invocation. On SHUTDOWN, the same within its deadline.
+
+A hand-off is acknowledged only once it is appended to the journal (one `write` to a file in
+the socket's private directory, no fsync: it must survive this process, not the machine),
+which is emptied once the events it holds are settled. An extension killed in between loses
+nothing: the next one starts with what the journal holds.
 
 Docs: https://docs.aws.amazon.com/lambda/latest/dg/runtimes-extensions-api.html
 """
@@ -34,9 +37,9 @@ from typing import Any
 from . import _handoff as h
 from ._client import FLUSH_LOG_FIELD, Amplitude
 from ._deadline import Deadline
-from ._errors import AmpLiteError, OverflowWriteError
+from ._errors import AmpLiteError
 from ._report import DeliveryReport, Tally
-from .overflow import LocalSpill
+from ._wire import BufferedEvent
 from .overflow._defaults import spill_digest
 
 logger = logging.getLogger("amp_lite")
@@ -46,8 +49,8 @@ ENV_MARGIN_MS = "AMP_LITE_EXTENSION_MARGIN_MS"
 DEFAULT_MARGIN_MS = 500.0  # as the decorator's: time kept back from the invocation's deadline
 SHUTDOWN_MARGIN_S = 0.2  # Lambda kills what still runs at the shutdown deadline
 READ_TIMEOUT_S = 1.0  # one hand-off: the function writes it at once
-WRITE_BUDGET_S = 1.0  # storing one hand-off in the spill
 MAX_ROUNDS = 100  # flushes of max_request_events per invocation (a backlog drains over several)
+JOURNAL_NAME = "journal"  # next to the socket
 
 
 class ExtensionsAPI:
@@ -86,21 +89,62 @@ class Invoke:
         self.deadline = Deadline.after(left_s - margin_s)
 
 
+class Journal:
+    """The hand-offs taken and not yet settled, as they came (length-prefixed messages),
+    appended to one file that only this user can read; emptied when they are settled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, 0)
+
+    def recover(self) -> list[h.Message]:
+        """What an extension killed before it settled its hand-offs left here (a torn last
+        record, cut by the kill, is left out: it was never acknowledged)."""
+        with open(self.path, "rb") as journal:
+            data = journal.read()
+        messages, at = [], 0
+        while at + h.LENGTH.size <= len(data):
+            (length,) = h.LENGTH.unpack_from(data, at)
+            body = data[at + h.LENGTH.size:at + h.LENGTH.size + length]
+            if len(body) < length:
+                break
+            with contextlib.suppress(h.BadMessageError):  # it was checked when it came
+                messages.append(h.decode(body))
+            at += h.LENGTH.size + length
+        return messages
+
+
 class Extension:
-    """Hand-offs in (`take`), deliveries out (`deliver`), for one client configured from the
+    """Hand-offs in (`accept`), flushes out (`deliver`), for one client configured from the
     function's environment; with no usable client it refuses every hand-off (the function
     then delivers its own events)."""
 
-    def __init__(self, client: Amplitude | None, listener: socket.socket, *,
+    def __init__(self, client: Amplitude | None, listener: socket.socket, journal: Journal, *,
                  margin_s: float) -> None:
         self.client = client
         self.listener = listener
+        self.journal = journal
         self.margin_s = margin_s
-        self.spill = _local_spill(client) if client is not None else None
         identity = client._route.identity if client is not None else None
         self.identity = (spill_digest(identity, client.config.server_url)
                          if client is not None and identity else None)
         self.handed: dict[str, int] = {}  # request id -> events taken (hand-offs complete)
+        self.pending: list[BufferedEvent] = []  # taken, not yet flushed
+        for message in journal.recover():
+            self.pending.extend(message.events)
+        if self.pending:
+            logger.warning("amp_lite extension: %d events handed to an earlier extension "
+                           "process were not settled; they go with the next flush",
+                           len(self.pending))
 
     # -- hand-offs --------------------------------------------------------------------------
 
@@ -109,62 +153,67 @@ class Extension:
         with connection:
             connection.settimeout(READ_TIMEOUT_S)
             try:
-                message = h.decode(_read_message(connection))
+                data = _read_message(connection)
+                message = h.decode(data[h.LENGTH.size:])
             except (OSError, h.BadMessageError) as exc:
                 logger.warning("amp_lite extension: unreadable hand-off (%s): refused", exc)
                 with contextlib.suppress(OSError):
                     connection.sendall(h.REFUSED)
                 return
-            answer = self.take(message)
+            taken = self.take(message, data)
             self.handed[message.request_id] = (self.handed.get(message.request_id, 0)
-                                               + (len(message.events) if answer == h.ACCEPTED
-                                                  else 0))
+                                               + (len(message.events) if taken else 0))
             try:
-                connection.sendall(answer)
-            except OSError:  # it stopped waiting and delivers them itself: twice, not lost
+                connection.sendall(h.ACCEPTED if taken else h.REFUSED)
+            except OSError:  # it stopped waiting: it delivers them itself
+                if taken:
+                    del self.pending[len(self.pending) - len(message.events):]
+                    self.handed[message.request_id] -= len(message.events)
                 logger.info("amp_lite extension: the function left before the answer to its "
-                            "hand-off; Amplitude de-duplicates on insert_id")
+                            "hand-off and delivers those events itself")
 
-    def take(self, message: h.Message) -> bytes:
-        """Store the hand-off's events in the spill: ACCEPTED, or REFUSED (logged why)."""
-        if self.client is None or self.spill is None:
-            return h.REFUSED
+    def take(self, message: h.Message, data: bytes) -> bool:
+        """Journal the hand-off and hold its events: True; or refuse it (logged why)."""
+        if self.client is None:
+            return False
         if message.identity != self.identity:
             logger.warning("amp_lite extension: a hand-off from a client with another key or "
                            "server than this extension's environment: refused")
-            return h.REFUSED
+            return False
         if message.min_id_length != self.client.config.min_id_length:
             logger.warning("amp_lite extension: a hand-off with min_id_length %s, not %s: "
                            "refused", message.min_id_length, self.client.config.min_id_length)
-            return h.REFUSED
-        try:
-            self.spill.write(message.events, reason="handed_off", attempts=0,
-                             deadline=Deadline.after(WRITE_BUDGET_S),
-                             min_id_length=message.min_id_length, durable=False)
-        except OverflowWriteError as exc:
-            logger.warning("amp_lite extension: could not store a hand-off (%s): refused", exc)
-            return h.REFUSED
-        return h.ACCEPTED
+            return False
+        if message.events:
+            try:
+                self.journal.append(data)
+            except OSError as exc:
+                logger.warning("amp_lite extension: could not journal a hand-off (%s): "
+                               "refused", exc)
+                return False
+            self.pending.extend(message.events)
+        return True
 
     # -- deliveries -------------------------------------------------------------------------
 
     def deliver(self, deadline: Deadline) -> DeliveryReport:
-        """Flush what the spill holds within `deadline`, a request's worth at a time, while
-        each round delivers and finds more."""
+        """Flush the pending events within `deadline` (the spill read back with them), then
+        what the spill still holds, a request's worth at a time, while each round delivers
+        and finds more."""
         started = time.monotonic()
         total = Tally()
         if self.client is None:
             return total.report(0.0)
+        events, self.pending = self.pending, []
         max_events = self.client.config.max_request_events
         for _ in range(MAX_ROUNDS):
-            try:
-                tally = self.client._deliver_spilled(deadline)
-            except AmpLiteError as exc:  # the key cannot be fetched now: it stays spilled
-                logger.warning("amp_lite extension: cannot deliver now (%s)", exc)
-                break
+            tally = self.client._deliver_handed(events, deadline)
             total.merge(tally)
+            if events:
+                events = []
+                self.journal.clear()  # settled: delivered, overflowed, or counted dropped
             if tally.recovered < max_events or not tally.delivered or deadline.expired():
-                break
+                break  # more rounds only while the spill gives full claims that go through
         return total.report((time.monotonic() - started) * 1000)
 
     def finish(self, invoke: Invoke) -> None:
@@ -173,10 +222,10 @@ class Extension:
                            "deadline (is the handler decorated with @amplitude_flush, or "
                            "wrapped by amp_lite.aws_lambda.handler?)", invoke.request_id)
         handed = self.handed.pop(invoke.request_id, 0)
-        self.handed.clear()  # hand-offs that came late, from earlier invocations: spilled too
+        self.handed.clear()  # hand-offs that came late, from earlier invocations: flushed too
         report = self.deliver(invoke.deadline)
-        # `handed_off`: what this invocation handed over (the report's own counts what a flush
-        # handed on, none here); `recovered` and the rest: what the flush did with the spill
+        # `handed_off`: what this invocation handed over; `tracked`, `recovered` and the rest:
+        # what this flush did with it, with late hand-offs and with the spill read back
         summary = {**report.summary(), "request_id": invoke.request_id, "handed_off": handed}
         logger.info("amp_lite extension flush %s", json.dumps(summary, sort_keys=True),
                     extra={FLUSH_LOG_FIELD: summary})
@@ -220,11 +269,12 @@ class Extension:
 
 
 def _read_message(connection: socket.socket) -> bytes:
+    """One hand-off as it came: its length prefix, then the message."""
     header = _read_exactly(connection, h.LENGTH.size)
     (length,) = h.LENGTH.unpack(header)
     if length > h.MAX_MESSAGE_BYTES:
         raise h.BadMessageError(f"{length} bytes: more than a hand-off may hold")
-    return _read_exactly(connection, length)
+    return header + _read_exactly(connection, length)
 
 
 def _read_exactly(connection: socket.socket, size: int) -> bytes:
@@ -236,11 +286,6 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def _local_spill(client: Amplitude) -> LocalSpill | None:
-    sinks = client._route.sinks()
-    return next((sink for sink in sinks if isinstance(sink, LocalSpill)), None)
 
 
 def listen(path: str) -> socket.socket:
@@ -292,8 +337,10 @@ def run(identifier: str, *, enabled: bool) -> int:
         api.ask_next()
         api.event()
         return 0
-    listener = listen(h.socket_path(os.environ))
-    return Extension(_client_from_environment(), listener,
+    path = h.socket_path(os.environ)
+    listener = listen(path)
+    journal = Journal(os.path.join(os.path.dirname(path), JOURNAL_NAME))
+    return Extension(_client_from_environment(), listener, journal,
                      margin_s=_margin_s(os.environ)).serve(api)
 
 

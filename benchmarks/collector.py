@@ -53,6 +53,7 @@ class Counts:
     bad_requests: int = 0
     body_bytes: int = 0
     connections: dict[str, int] = field(default_factory=lambda: {"http": 0, "https": 0})
+    latency_s: float = 0.0  # how long each ingestion request waits before its answer
     condition: threading.Condition = field(default_factory=threading.Condition)
 
     def snapshot(self) -> dict[str, Any]:
@@ -129,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._control()
             return
         body = self._body()
+        if self.server.counts.latency_s:  # a far region, or a slow Amplitude
+            time.sleep(self.server.counts.latency_s)
         events = count_events(body, self.headers.get("Content-Encoding"))
         self.server.counts.add_request(events, len(body))
         if events is None:
@@ -156,6 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
             timeout_s = min(float(query.get("timeout_s", "10")), MAX_WAIT_S)
             if not counts.wait_for_events(int(query["events"]), timeout_s):
                 status = 408
+        elif url.path == "/latency":
+            counts.latency_s = float(query.get("ms", "0")) / 1000
         elif url.path != "/stats":
             self._send(404, b'{"error":"unknown control path"}')
             return

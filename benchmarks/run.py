@@ -79,6 +79,7 @@ from amp_lite.replay import make_handler
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-api-key-0123456789abcdef"
 AMP, OFFICIAL = "amp_lite", "official"
+DECORATOR = "amp_lite_decorator"  # scenario 7's baseline: amp-lite flushing in the function
 SDKS = (AMP, OFFICIAL)
 DELIVERY_TIMEOUT_S = 120.0
 CHILD_TIMEOUT_S = 600.0
@@ -132,6 +133,10 @@ class Control:
 
     def reset(self) -> None:
         self._call("POST", "/reset")
+
+    def latency(self, ms: float) -> None:
+        """Every ingestion request from now on is answered after `ms`."""
+        self._call("POST", f"/latency?ms={ms}")
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")[1]
@@ -624,6 +629,105 @@ def scenario_layer(env: Env, sizes: Sizes, results: Results) -> None:
     progress("6 cold invocations from a layer: done")
 
 
+# -- scenario 7: the Lambda extension ---------------------------------------------------------
+
+EXTENSION_LATENCY_MS = 50  # Amplitude a region away
+EXTENSION_HANDLER = """
+import amp_lite
+
+@amp_lite.amplitude_flush
+def handler(event, context):
+    for i in range(event["events"]):
+        amp_lite.track("Bench Event", user_id=f"user-{i % 100:04d}",
+                       event_properties={"plan": "pro", "index": i, "path": "/home"})
+    return {"ok": True}
+"""
+
+
+def _extension_layer(folder: Path) -> Path:
+    """The extension layer's shape over this checkout (extensions/, python/amp_lite)."""
+    layer = folder / "layer"
+    (layer / "extensions").mkdir(parents=True)
+    (layer / "python").mkdir()
+    shutil.copy2(ROOT / "layers" / "extensions" / "amp-lite", layer / "extensions")
+    (layer / "python" / "amp_lite").symlink_to(ROOT / "amp_lite")
+    return layer
+
+
+def _handoff_ms(runtime_output: str) -> list[float]:
+    """The elapsed_ms of each hand-off flush in the function's log (its INFO summaries)."""
+    found = []
+    for line in runtime_output.splitlines():
+        _, marker, rest = line.partition("amp_lite flush ")
+        if marker:
+            summary = json.loads(rest)
+            if summary["handed_off"] == EVENTS_PER_INVOCATION:
+                found.append(float(summary["elapsed_ms"]))
+    return found
+
+
+def scenario_extension(env: Env, sizes: Sizes, results: Results) -> None:
+    sys.path.insert(0, str(ROOT))  # the control-plane fake the tests use
+    from tests.support.lambda_control import lambda_environment
+
+    invocations = max(10, sizes.warm_invocations // 10)
+    env.control.latency(EXTENSION_LATENCY_MS)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            scratch = Path(folder)
+            code = scratch / "code"
+            code.mkdir()
+            (code / "app.py").write_text(EXTENSION_HANDLER)
+            layer = _extension_layer(scratch)
+            for rep in range(sizes.reps):
+                for mode in (AMP, DECORATOR):
+                    on = mode == AMP
+                    function_env = {
+                        "AMPLITUDE_API_KEY": API_KEY, "AMPLITUDE_SERVER_URL": env.http_url,
+                        "AMP_LITE_SPILL_DIR": str(scratch / f"spill-{mode}-{rep}"),
+                        "AMP_LITE_EXTENSION": "on" if on else "",
+                        "AMP_LITE_EXTENSION_SOCKET": str(scratch / "sock" / "handoff.sock"),
+                        "AMP_LITE_EXTENSION_PYTHON": sys.executable,
+                        "AMP_LITE_LOG_LEVEL": "INFO"}
+                    logs = scratch / f"logs-{mode}-{rep}"
+                    logs.mkdir()
+                    with lambda_environment("app.handler", env=function_env,
+                                            python_path=[code], log_dir=logs,
+                                            extensions_dir=layer / "extensions" if on else None,
+                                            timeout_ms=10_000) as lam:
+                        env.control.reset()
+                        cold = lam.invoke({"events": EVENTS_PER_INVOCATION})  # untimed
+                        require(cold.failure is None, f"7 cold invocation: {cold.failure}")
+                        caller, post = [], []
+                        for _ in range(invocations):
+                            result = lam.invoke({"events": EVENTS_PER_INVOCATION})
+                            require(result.failure is None and result.kind == "response",
+                                    f"7 {mode}: {result.failure or result.body}")
+                            caller.append(result.caller_ms)
+                            post.append(result.post_response_ms)
+                        env.control.confirm(EVENTS_PER_INVOCATION * (invocations + 1),
+                                            f"7 {mode} rep {rep}")
+                        results.add("7_extension", mode, "caller_ms", statistics.median(caller))
+                        results.add_raw("7_extension", mode, "caller_ms", caller)
+                        if on:
+                            extension = lam.extension("amp-lite")
+                            require(extension.registered_s is not None, "7: never registered")
+                            results.add("7_extension", AMP, "registration_ms",
+                                        (extension.registered_s - extension.started_s) * 1000)
+                            results.add("7_extension", AMP, "post_response_ms",
+                                        statistics.median(post))
+                            runtime = lam.runtime
+                            require(runtime is not None, "7: no runtime")
+                            handoffs = _handoff_ms(runtime.output())[1:]  # warm ones only
+                            require(len(handoffs) == invocations,
+                                    f"7: {len(handoffs)} hand-offs logged of {invocations}")
+                            results.add("7_extension", AMP, "handoff_ms",
+                                        statistics.median(handoffs))
+    finally:
+        env.control.latency(0)
+    progress("7 the Lambda extension: done")
+
+
 # -- scenario 5: replay ------------------------------------------------------------------------
 
 
@@ -700,6 +804,7 @@ class Row:
     metric: str
     unit: str
     target: str = ""  # "ratio<=X", "amp==X", or "" (reported, no target)
+    versus: str = OFFICIAL  # what the second column is (DECORATOR: amp-lite in the function)
 
 
 def rows(sizes: Sizes) -> list[Row]:
@@ -731,6 +836,12 @@ def rows(sizes: Sizes) -> list[Row]:
         Row("5_replay", "5 replay rate", "replay_events_per_s", "ev/s"),
         Row("5_replay", "5 json.dumps floor rate", "floor_events_per_s", "ev/s"),
         Row("5_replay", "5 replay time / floor", "ratio_to_floor", "x"),
+        Row("7_extension", "7 caller latency, ext (vs in-function)", "caller_ms", "ms",
+            "ratio<=0.05", versus=DECORATOR),
+        Row("7_extension", "7 hand-off, 10 events", "handoff_ms", "ms", "amp<=0.5"),
+        Row("7_extension", "7 post-response time", "post_response_ms", "ms"),
+        Row("7_extension", "7 extension start to registration", "registration_ms", "ms",
+            "amp<=30"),
     ]
     return table
 
@@ -754,7 +865,7 @@ def summarize(results: Results, sizes: Sizes) -> list[dict[str, Any]]:
     summary = []
     for row in rows(sizes):
         ours = results.values(row.scenario, AMP, row.metric)
-        theirs = results.values(row.scenario, OFFICIAL, row.metric)
+        theirs = results.values(row.scenario, row.versus, row.metric)
         if not ours and not theirs:  # a scenario left out by --scenario
             continue
         amp_median = statistics.median(ours) if ours else None
@@ -835,6 +946,7 @@ SCENARIOS: list[tuple[str, Callable[[Env, Sizes, Results], None]]] = [
     ("1 track() cost", scenario_track), ("2 warm invocations", scenario_warm),
     ("3 cold invocations", scenario_cold), ("4 bulk", scenario_bulk),
     ("5 replay", scenario_replay), ("6 cold invocations from a layer", scenario_layer),
+    ("7 the Lambda extension", scenario_extension),
 ]
 
 
@@ -844,8 +956,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions per SDK")
     parser.add_argument("--json", type=Path, default=HERE / "results.json",
                         help="where to write the raw numbers (default: benchmarks/results.json)")
-    parser.add_argument("--scenario", type=int, action="append", choices=range(1, 7),
-                        metavar="N", help="run only scenario N (1-6; repeatable; default: all)")
+    parser.add_argument("--scenario", type=int, action="append", choices=range(1, 8),
+                        metavar="N", help="run only scenario N (1-7; repeatable; default: all)")
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")

@@ -6,7 +6,6 @@ FakeAmplitude behind both. The extension as Lambda runs it: tests/integration/te
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import stat
 import threading
@@ -43,9 +42,14 @@ def environment(fake: FakeAmplitude, tmp_path: Path,
     return path
 
 
+def make_extension(path: Path) -> ext.Extension:
+    listener = ext.listen(str(path))
+    journal = ext.Journal(str(path.parent / ext.JOURNAL_NAME))
+    return ext.Extension(ext._client_from_environment(), listener, journal, margin_s=0.5)
+
+
 def extension_serving(path: Path, hand_offs: int = 1) -> tuple[ext.Extension, threading.Thread]:
-    extension = ext.Extension(ext._client_from_environment(), ext.listen(str(path)),
-                              margin_s=0.5)
+    extension = make_extension(path)
 
     def serve() -> None:
         for _ in range(hand_offs):
@@ -105,15 +109,16 @@ def test_the_extension_takes_the_events_and_delivers_them_after(
     assert report.balanced
     assert fake.insert_ids == []
     assert extension.handed == {"req-1": 10}
-    # AND they wait in the extension's spill, readable by this user only
-    files = [p for p in Path(os.environ["AMP_LITE_SPILL_DIR"]).rglob("*") if p.is_file()]
-    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    # AND they are in the extension's journal, readable by this user only
+    journal = Path(extension.journal.path)
+    assert journal.stat().st_size > 0 and stat.S_IMODE(journal.stat().st_mode) == 0o600
+    assert [len(m.events) for m in extension.journal.recover()] == [10]
     # WHEN the extension delivers (after the response)
     delivered = extension.deliver(Deadline.after(5))
-    # THEN Amplitude has all ten, and the spill is empty
-    assert (delivered.recovered, delivered.delivered) == (10, 10)
+    # THEN Amplitude has all ten, and the journal is empty
+    assert (delivered.tracked, delivered.delivered) == (10, 10) and delivered.balanced
     assert len(fake.insert_ids) == 10
-    assert not [p for p in Path(os.environ["AMP_LITE_SPILL_DIR"]).rglob("*.jsonl")]
+    assert journal.stat().st_size == 0
 
 
 def test_an_invocation_without_events_hands_off_too(environment: Path) -> None:
@@ -169,12 +174,15 @@ def test_a_client_with_another_key_is_refused_and_delivers_itself(
         assert len(other.insert_ids) == 10
 
 
-def test_a_full_spill_refuses_and_nothing_is_lost(environment: Path,
-                                                  fake: FakeAmplitude) -> None:
-    # GIVEN an extension whose spill cannot take the hand-off
+def test_a_journal_that_cannot_be_written_refuses_and_nothing_is_lost(
+        environment: Path, fake: FakeAmplitude) -> None:
+    # GIVEN an extension whose journal cannot take the hand-off (a full disk, say)
     extension, thread = extension_serving(environment)
-    assert extension.spill is not None
-    extension.spill.max_bytes = 10
+
+    def disk_full(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    extension.journal.append = disk_full  # type: ignore[method-assign]
     # WHEN the scope ends / THEN the function delivers the events itself
     report = invocation(amp_lite.Amplitude())
     thread.join(5)
@@ -185,18 +193,35 @@ def test_a_full_spill_refuses_and_nothing_is_lost(environment: Path,
 def test_an_extension_too_slow_to_answer_leaves_the_events_to_the_function(
         environment: Path, fake: FakeAmplitude) -> None:
     # GIVEN an extension that does not accept the connection in time (blocked elsewhere)
-    extension = ext.Extension(ext._client_from_environment(), ext.listen(str(environment)),
-                              margin_s=0.5)
+    extension = make_extension(environment)
     client = amp_lite.Amplitude()
     # WHEN the scope ends / THEN the function waits for the answer only briefly, then
     # delivers in the function
     report = invocation(client)
     assert (report.delivered, report.handed_off) == (10, 0)
-    # WHEN the extension gets to the hand-off later / THEN it takes it without failing: the
-    # events are delivered twice, which Amplitude de-duplicates on insert_id
+    # WHEN the extension gets to the hand-off later / THEN it cannot answer, so it leaves the
+    # events to the function: nothing is sent twice
     extension.accept()
+    assert extension.pending == [] and extension.handed == {"req-1": 0}
     extension.deliver(Deadline.after(5))
-    assert len(fake.insert_ids) == 10 and fake.duplicates == 10
+    assert len(fake.insert_ids) == 10 and fake.duplicates == 0
+
+
+def test_a_killed_extension_leaves_its_hand_offs_to_the_next(
+        environment: Path, fake: FakeAmplitude) -> None:
+    # GIVEN an extension that took a hand-off and was gone before it flushed
+    first, thread = extension_serving(environment)
+    invocation(amp_lite.Amplitude())
+    thread.join(5)
+    first.listener.close()
+    # WHEN the next extension starts on the same journal, torn tail included
+    with open(first.journal.path, "ab") as journal:
+        journal.write(h.LENGTH.pack(500) + b'{"v": 1')  # a kill in the middle of a write
+    second = make_extension(environment)
+    # THEN it holds the ten, and delivers them with its first flush
+    assert len(second.pending) == 10
+    report = second.deliver(Deadline.after(5))
+    assert report.delivered == 10 and len(fake.insert_ids) == 10
 
 
 def test_the_socket_directory_must_be_private(tmp_path: Path) -> None:
