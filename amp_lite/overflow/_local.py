@@ -218,13 +218,10 @@ class LocalSpill:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None,
-              durable: bool = True) -> None:
+              deadline: Deadline, min_id_length: int | None = None) -> None:
         """Store `events` as one file, or raise OverflowWriteError having stored nothing: when
         the spill is full, when `deadline` leaves less time than such a write takes here,
         when the directory stays locked by another writer until then, or when the disk fails.
-        `durable=False` skips the fsync: the file survives the writer's death, not the
-        machine's (the Lambda extension's hand-offs, which are delivered within seconds).
         """
         if not events:
             return
@@ -238,7 +235,7 @@ class LocalSpill:
                 self._check_time(deadline, cost, len(content))  # the lock may have kept us
                 self._check_room(len(content), deadline)
                 self._check_time(deadline, self._writes.estimate(len(content)), len(content))
-                self._write_file(content, durable=durable)
+                self._write_file(content)
         except OSError as exc:
             raise OverflowWriteError(f"local spill write failed in {self.directory}: "
                                      f"{_describe(exc)}") from exc
@@ -260,7 +257,7 @@ class LocalSpill:
                 f"local spill full: {used} + {size} bytes > max_bytes {self.max_bytes} "
                 f"in {self.directory}")
 
-    def _write_file(self, content: bytes, *, durable: bool = True) -> None:
+    def _write_file(self, content: bytes) -> None:
         """Temporary file, fsync, atomic rename; the temporary file never outlives a failure."""
         started = time.perf_counter()
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}-{len(content):010d}{SPILL_SUFFIX}"
@@ -270,8 +267,7 @@ class LocalSpill:
         try:
             try:
                 write_all(fd, content)
-                if durable:
-                    os.fsync(fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, self.directory / name)
