@@ -329,14 +329,10 @@ def _margin_s(env: Mapping[str, str]) -> float:
     return max(0.0, margin_ms) / 1000
 
 
-def run(identifier: str, *, enabled: bool) -> int:
+def run(identifier: str) -> int:
     """The extension after registration; returns its exit status (at SHUTDOWN)."""
     _configure_logging()
     api = ExtensionsAPI(os.environ["AWS_LAMBDA_RUNTIME_API"], identifier)
-    if not enabled:  # registered for SHUTDOWN only: nothing to do until then
-        api.ask_next()
-        api.event()
-        return 0
     path = h.socket_path(os.environ)
     listener = listen(path)
     journal = Journal(os.path.join(os.path.dirname(path), JOURNAL_NAME))

@@ -20,28 +20,35 @@ except ImportError:  # an interpreter without CPython's C module
     import socket as sockets  # type: ignore[no-redef]
 
 REGISTER_PATH = "/2020-01-01/extension/register"
+NEXT_PATH = "/2020-01-01/extension/event/next"
 REGISTER_TIMEOUT_S = 10.0  # Lambda's own limit on the init phase
 ENV_EXTENSION = "AMP_LITE_EXTENSION"  # as amp_lite._config names it (not imported: see above)
+
+
+def exchange(address: str, request: bytes, timeout_s: float | None) -> bytes:
+    """One HTTP request with `Connection: close`; the whole reply, read to its end."""
+    host, _, port = address.rpartition(":")
+    connection = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM)
+    try:
+        connection.settimeout(timeout_s)
+        connection.connect((host, int(port)))
+        connection.sendall(request)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    finally:
+        connection.close()
+    return reply
 
 
 def register(address: str, name: str, events: list[str]) -> str:
     """POST the registration; returns the Lambda-Extension-Identifier. Raises RuntimeError
     naming what the API answered, OSError when it cannot be reached."""
-    host, _, port = address.rpartition(":")
     body = ('{"events": [' + ", ".join(f'"{event}"' for event in events) + "]}").encode()
     request = (f"POST {REGISTER_PATH} HTTP/1.1\r\nHost: {address}\r\n"
                f"Lambda-Extension-Name: {name}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
-    connection = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM)
-    try:
-        connection.settimeout(REGISTER_TIMEOUT_S)
-        connection.connect((host, int(port)))
-        connection.sendall(request)
-        reply = b""
-        while chunk := connection.recv(65536):  # `Connection: close`: read to the end
-            reply += chunk
-    finally:
-        connection.close()
+    reply = exchange(address, request, REGISTER_TIMEOUT_S)
     head, _, payload = reply.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split()
@@ -71,10 +78,16 @@ def main(argv: list[str]) -> int:
         print(f"amp_lite extension: could not register with the Extensions API: {exc!r}",
               file=sys.stderr, flush=True)
         return 1
+    if not enabled:  # subscribed to SHUTDOWN only: its event/next answers at the end
+        exchange(os.environ["AWS_LAMBDA_RUNTIME_API"],
+                 (f"GET {NEXT_PATH} HTTP/1.1\r\nHost: {os.environ['AWS_LAMBDA_RUNTIME_API']}\r\n"
+                  f"Lambda-Extension-Identifier: {identifier}\r\nConnection: close\r\n\r\n"
+                  ).encode(), None)
+        return 0
     _add_runtime_packages()
     from amp_lite._extension import run  # after registering, on purpose
 
-    return run(identifier, enabled=enabled)
+    return run(identifier)
 
 
 def _add_runtime_packages() -> None:
