@@ -5,12 +5,14 @@ FakeAmplitude behind both. The extension as Lambda runs it: tests/integration/te
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,9 @@ from amp_lite import _extension as ext
 from amp_lite import _handoff as h
 from amp_lite._deadline import Deadline
 from amp_lite._scope import from_milliseconds
+from amp_lite.asgi import AmplitudeMiddleware
 from amp_lite.testing import FakeAmplitude
+from tests.support.doubles import LambdaContext
 
 API_KEY = "handoff-key-0123456789"
 
@@ -238,3 +242,46 @@ def test_the_socket_directory_must_be_private(tmp_path: Path) -> None:
         assert listener.family == socket.AF_UNIX
     finally:
         listener.close()
+
+
+def test_the_asgi_middleware_under_mangum_hands_off(environment: Path) -> None:
+    # GIVEN an ASGI app behind the middleware, called as Mangum calls it (aws.context)
+    extension, thread = extension_serving(environment)
+    client = amp_lite.Amplitude()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        client.track("Page", user_id="user-0001")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = AmplitudeMiddleware(app, client=client)
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [],
+             "aws.context": LambdaContext(3000)}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    # WHEN a request is served
+    asyncio.run(wrapped(scope, receive, send))
+    thread.join(5)
+    # THEN its event went to the extension, under the context's request id
+    assert extension.handed == {LambdaContext.aws_request_id: 1}
+    assert sent[-1]["body"] == b"ok"
+
+
+def test_an_async_handler_hands_off(environment: Path) -> None:
+    extension, thread = extension_serving(environment)
+    client = amp_lite.Amplitude()
+
+    @amp_lite.amplitude_flush(client=client)
+    async def handler(event: dict[str, Any], context: Any) -> str:
+        client.track("Async", user_id="user-0001")
+        return "done"
+
+    assert asyncio.run(handler({}, LambdaContext(3000))) == "done"
+    thread.join(5)
+    assert extension.handed == {LambdaContext.aws_request_id: 1}
