@@ -70,6 +70,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import amplitude
+import urllib3
 from amplitude.constants import PluginType
 
 import amp_lite
@@ -651,6 +652,7 @@ def _extension_layer(folder: Path) -> Path:
     (layer / "python").mkdir()
     shutil.copy2(ROOT / "layers" / "extensions" / "amp-lite", layer / "extensions")
     (layer / "python" / "amp_lite").symlink_to(ROOT / "amp_lite")
+    (layer / "python" / "urllib3").symlink_to(Path(urllib3.__file__).parent)  # as the layer has
     return layer
 
 

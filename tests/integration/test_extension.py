@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 
 from amp_lite.testing import FakeAmplitude, Fault
 from tests.support.lambda_control import LambdaEnvironment, lambda_environment
@@ -50,12 +51,14 @@ def code_dir(tmp_path: Path) -> Path:
 
 
 def source_layer(tmp_path: Path) -> Path:
-    """The extension layer's shape, over this checkout: extensions/amp-lite, python/amp_lite."""
+    """The extension layer's shape, over this checkout: extensions/amp-lite, and python/ with
+    amp_lite and urllib3 (the extension runs with -S: the layer is all it has)."""
     layer = tmp_path / "layer"
     (layer / "extensions").mkdir(parents=True)
     (layer / "python").mkdir()
     shutil.copy2(REPO_ROOT / "layers" / "extensions" / EXTENSION, layer / "extensions")
     (layer / "python" / "amp_lite").symlink_to(REPO_ROOT / "amp_lite")
+    (layer / "python" / "urllib3").symlink_to(Path(urllib3.__file__).parent)
     return layer
 
 
