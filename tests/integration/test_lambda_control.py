@@ -7,6 +7,7 @@ condition; timings are asserted only with generous tolerances.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -365,6 +366,41 @@ def test_an_extension_exiting_during_an_invocation_is_a_crash_even_with_exit_cod
     assert record.reason == "failure"
     assert lam.extensions("witness")[0].received[-1]["shutdownReason"] == "failure"
     assert (after.failure, after.generation) == (None, 2)
+
+
+def test_an_extension_crashing_after_the_response_fails_the_invocation_not_the_answer(
+        tmp_path: Path, extensions: Path) -> None:
+    # GIVEN an extension that, in its first process only, works 200 ms after INVOKE, then dies
+    write_extension(extensions, "flusher", invoke_sleep_ms=200, exit_on_invoke=1,
+                    once=tmp_path / "died")
+    with environment(tmp_path, extensions) as lam:
+        result = lam.invoke({})
+    # THEN the caller kept the runtime's answer; the invocation failed and reset the environment
+    assert (result.kind, result.runtime_posted, result.failure) == ("response", True,
+                                                                    EXTENSION_CRASH)
+    crash = lam.crashes[0]
+    assert (crash.name, crash.phase, crash.exit_code) == ("flusher", "invoke", 1)
+    assert result.ended_s == crash.exited_s > result.posted_s
+    assert lam.shutdowns[0].reason == "failure"
+
+
+def test_invocations_from_several_threads_never_overlap(tmp_path: Path,
+                                                        extensions: Path) -> None:
+    # GIVEN an extension working 200 ms after each INVOKE
+    write_extension(extensions, "lingers", invoke_sleep_ms=200)
+    with environment(tmp_path, extensions) as lam:
+        lam.init()
+        # WHEN three threads invoke at once
+        threads = [threading.Thread(target=lam.invoke, args=({"n": n},)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        results = sorted(lam.invocations, key=lambda r: r.dispatched_s or 0)
+    # THEN each was handed out only after the previous one had ended
+    assert [r.failure for r in results] == [None] * 3
+    for previous, following in itertools.pairwise(results):
+        assert following.handed_out_s is not None and following.handed_out_s > previous.ended_s
 
 
 def test_exit_error_then_exit_is_an_extension_exit_error(tmp_path: Path,

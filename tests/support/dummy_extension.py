@@ -12,9 +12,10 @@ with its own `time.monotonic()` stamp `t`; `steps(output)` parses them back:
     {"step": "event", "status", "event"}                            each /event/next reply
     {"step": "exit", "code"}                                        just before exiting
 
-Misbehaviour on INVOKE (`invoke_sleep_ms`, `exit_on_invoke`, `exit_error_on_invoke`) can be
-limited to the first process with `once=<marker file>`: the first process to misbehave creates
-the marker, so the process started after the reset behaves.
+On each INVOKE it works `invoke_sleep_ms`, then, if so configured, exits (`exit_on_invoke`, or
+`exit_error_on_invoke` after POST /exit/error), else calls next again. With `once=<marker
+file>` that happens on the first INVOKE of the first process only (it creates the marker), so
+the process started after the reset behaves.
 """
 
 from __future__ import annotations
@@ -88,16 +89,17 @@ while True:
     if event["eventType"] == "SHUTDOWN":
         time.sleep(CONFIG["shutdown_sleep_ms"] / 1000)
         leave(CONFIG["shutdown_exit_code"])
-    if CONFIG["exit_error_on_invoke"] and misbehave_now():
+    if not misbehave_now():
+        continue
+    time.sleep(CONFIG["invoke_sleep_ms"] / 1000)  # its work on this INVOKE
+    if CONFIG["exit_error_on_invoke"]:
         status, _, body = call("POST", "/exit/error",
                                {{**me, "Lambda-Extension-Function-Error-Type":
                                  CONFIG["exit_error_on_invoke"]}}, b"{{}}")
         log("exit_error", status=status, body=body)
         leave(1)
-    if CONFIG["exit_on_invoke"] is not None and misbehave_now():
+    if CONFIG["exit_on_invoke"] is not None:
         leave(CONFIG["exit_on_invoke"])
-    if CONFIG["invoke_sleep_ms"] and misbehave_now():
-        time.sleep(CONFIG["invoke_sleep_ms"] / 1000)
 '''
 
 
@@ -111,12 +113,12 @@ def write_extension(directory: Path, name: str, *, events: Sequence[str] = ("INV
 
     `events`: what it registers for; `register_as`: the Lambda-Extension-Name it sends
     (default: its file name); `register_delay_ms`: sleep before registering; on each INVOKE,
-    `invoke_sleep_ms` before calling next again, or `exit_on_invoke` (an exit code), or
-    `exit_error_on_invoke` (POST /exit/error with that error type, then exit 1); `init_error`:
+    work `invoke_sleep_ms`, then exit with `exit_on_invoke` (an exit code), or POST
+    /exit/error with `exit_error_on_invoke` and exit 1, or call next again; `init_error`:
     POST /init/error with that type right after registering; on SHUTDOWN, sleep
     `shutdown_sleep_ms` then exit `shutdown_exit_code`; `spawn_child`: start a long-sleeping
-    child first (in its process group); `once`: a marker file limiting the INVOKE
-    misbehaviour to the first process.
+    child first (in its process group); `once`: a marker file limiting the INVOKE behaviour
+    to the first INVOKE of the first process.
     """
     config = {"events": list(events), "register_as": register_as,
               "register_delay_ms": register_delay_ms, "invoke_sleep_ms": invoke_sleep_ms,

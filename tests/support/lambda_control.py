@@ -18,13 +18,15 @@ The protocol modelled
   order, at most 10, is executed directly as its own process (own process group), with the
   function's environment (`env` plus AWS_LAMBDA_RUNTIME_API, AWS_LAMBDA_FUNCTION_NAME/VERSION/
   MEMORY_SIZE, AWS_REGION, AWS_DEFAULT_REGION and the test's PATH), without the runtime's
-  variables (PYTHONPATH, _HANDLER, AWS_LAMBDA_LOG_*, anything starting with "_"), in an empty
-  working directory. Each must `POST /extension/register` with `Lambda-Extension-Name` = its
-  file name and `{"events": [...]}` (a subset of INVOKE, SHUTDOWN); the reply carries
-  `Lambda-Extension-Identifier` and `{"functionName", "functionVersion", "handler"}`. Only when
-  every extension has registered is the runtime (`python -m awslambdaric <handler>`) started;
-  registration then closes (403 Extension.RegistrationClosed). Init is complete when the
-  runtime and every extension have called next once. Limit: `init_timeout_ms` (10 s).
+  variables (its PYTHONPATH, _HANDLER, AWS_LAMBDA_LOG_*, anything starting with "_"), in an
+  empty working directory of its own; its stdout and stderr go to a file (`output()`), so an
+  extension that wants its lines seen promptly flushes them, as on Lambda. Each must `POST
+  /extension/register` with `Lambda-Extension-Name` = its file name and `{"events": [...]}` (a
+  subset of INVOKE, SHUTDOWN); the reply carries `Lambda-Extension-Identifier` and
+  `{"functionName", "functionVersion", "handler"}`. Only when every extension has registered is
+  the runtime (`python -m awslambdaric <handler>`) started; registration then closes (403
+  Extension.RegistrationClosed). Init is complete when the runtime and every extension have
+  called next once. Limit: `init_timeout_ms` (10 s).
 * Invoke: the INVOKE event (`eventType`, `deadlineMs`, `requestId`, `invokedFunctionArn`,
   `tracing`) is written to the pending `/extension/event/next` of every INVOKE-subscribed
   extension *before* the runtime's `/runtime/invocation/next` gets the invocation (same request
@@ -32,15 +34,18 @@ The protocol modelled
   runtime and every INVOKE-subscribed extension have called next again. The next invocation is
   handed out only after that. The deadline bounds the whole invocation, post-response
   extension work included.
-* Failure and reset: an invocation not ended by its deadline times out (Sandbox.Timedout); any
+* Failure and reset: an invocation not ended by its deadline times out (Sandbox.Timedout: the
+  caller gets that error, unless the runtime had already posted its answer, which the caller
+  then has; `failure` says the invocation timed out either way); any
   extension that exits outside shutdown, whatever its exit code, is Extension.Crash
   (Extension.ExitError if it had posted /extension/exit/error first); the runtime exiting is
   Runtime.ExitError; /extension/init/error fails the init (Extension.InitError); the runtime's
   /runtime/init/error fails it with the runtime's own errorType. Each failure resets the
   environment: shutdown with reason "timeout" or "failure", and the next invoke() initialises
   everything again (new processes, new registrations, new runtime).
-* Shutdown (shutdown(), and the context's exit): deadlineMs = now + `shutdown_budget_ms`. The
-  runtime gets SIGTERM and up to min(300 ms, 30 % of the budget) to exit, then SIGKILL. Then
+* Shutdown (shutdown(), and the context's exit): deadlineMs = its start + `shutdown_budget_ms`,
+  the runtime's share included (docs and emulator alike). The runtime gets SIGTERM and up to
+  min(300 ms (docs), 30 % of the budget (emulator)) to exit, then SIGKILL. Then
   every SHUTDOWN-subscribed extension gets `{"eventType": "SHUTDOWN", "shutdownReason",
   "deadlineMs"}` at its next /event/next; extensions not subscribed are SIGKILLed at once;
   whatever still runs at the deadline is SIGKILLed (its whole process group).
@@ -78,6 +83,31 @@ test failed. `LambdaEnvironment`:
 * `wait_for(predicate, wait_s=10.0) -> bool`: wait, without sleeping blindly, for a condition
   on these records (checked on every change, and at least every 50 ms).
 * `address`: the AWS_LAMBDA_RUNTIME_API value.
+
+`InvokeResult` (one per invoke()): `request_id`; `deadline_ms` (epoch ms, as the runtime's
+Lambda-Runtime-Deadline-Ms and the INVOKE's deadlineMs) and `deadline_s`; `kind` ("response" or
+"error") and `body`: what the caller got; `runtime_posted` (False: the body is the platform's
+error); `failure`: the platform error that failed the invocation and reset the environment
+(None when it ended normally; a handler's own exception is kind "error" with failure None);
+`error_type` (the body's errorType); `init` (the Init this invoke ran first: a cold start) and
+`generation`; times `invoked_s` (invoke() called), `dispatched_s` (INVOKE queued),
+`delivered_s[name]` (INVOKE written to that extension), `handed_out_s` (the runtime got the
+invocation; None if it never did), `posted_s` (the caller's answer: the runtime's post, else
+the failure), `runtime_done_s` and `extension_done_s[name]` (each back at next), `ended_s`
+(the invocation ended: all back at next; or the failure); `caller_ms` = posted - invoked,
+`post_response_ms` = ended - posted, `duration_ms` = ended - dispatched (what Lambda bills).
+
+`Extension` (one per process started): `name`, `generation`, `process`, `started_s` (just
+before the start), `registered_s` (its register call arrived), `identifier`, `events`,
+`registrations`, `next_calls`, `next_s`, `received` (events written to it), `init_error`,
+`exit_error`, `exit_code` (negative: that signal), `exited_s`, `killed` (by the fake),
+`output()`. `Runtime`: `started_s`, `next_s`, `first_next_s`, `exit_code`, `exited_s`,
+`terminated` (SIGTERM), `killed`, `output()`. `Init`: `started_s`, `extensions`,
+`registered_s` (all registered: the runtime starts), `runtime`, `done_s`, `ok`, `failure`,
+`error`. `Shutdown`: `reason`, `deadline_ms`, `deadline_s`, `sent`, `killed`,
+`killed_at_deadline`, `exit_codes`, `exited_s`, `runtime_exit_code`, `runtime_killed`.
+`Crash`: `name`, `exit_code`, `exited_s`, `failure`, `phase` ("init", "invoke", "idle"),
+`request_id`.
 
 Times are `time.monotonic()` seconds (one clock for every process on Linux, so an extension's
 own monotonic stamps compare with them); deadlines are epoch milliseconds, as on the wire.
@@ -151,7 +181,7 @@ RUNTIME_UNKNOWN = "Runtime.Unknown"
 _RUNTIME_ONLY = frozenset({
     "AWS_EXECUTION_ENV", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
     "AWS_XRAY_CONTEXT_MISSING", "AWS_XRAY_DAEMON_ADDRESS", "LAMBDA_RUNTIME_DIR",
-    "LAMBDA_TASK_ROOT", "PYTHONPATH", "PYTHONUNBUFFERED",
+    "LAMBDA_TASK_ROOT",
 })
 _REAP_WAIT_S = 10.0  # SIGKILLed processes are gone in milliseconds; this only bounds a hang
 
@@ -306,6 +336,12 @@ class InvokeResult:
         """From the answer to the end of the invocation: extensions' post-response time."""
         return (self.ended_s - self.posted_s) * 1000
 
+    @property
+    def duration_ms(self) -> float | None:
+        """From dispatch to the end: what Lambda bills, extensions' post-response time included
+        (None if never dispatched)."""
+        return None if self.dispatched_s is None else (self.ended_s - self.dispatched_s) * 1000
+
 
 @dataclass(eq=False)
 class Shutdown:
@@ -450,7 +486,8 @@ class LambdaEnvironment:
                 self._fail_result(result, sandbox.init.failure or RUNTIME_UNKNOWN,
                                   sandbox.init.error, sandbox.failed_s or _now())
             else:
-                self._run(sandbox, result, timeout_ms or self.timeout_ms, wait_s)
+                self._run(sandbox, result,
+                          self.timeout_ms if timeout_ms is None else timeout_ms, wait_s)
             with self._cond:
                 self.invocations.append(result)
             return result
@@ -479,9 +516,11 @@ class LambdaEnvironment:
 
     def close(self) -> None:
         """Shut down if still up, then stop everything: processes, server, threads."""
-        acquired = self._ops.acquire(timeout=30)  # a stuck invoke in another thread: go on
+        # An invoke stuck in another thread holds self._ops: then skip straight to killing.
+        acquired = self._ops.acquire(timeout=30)
         try:
-            self.shutdown()
+            if acquired:
+                self.shutdown()
         finally:
             if acquired:
                 self._ops.release()
