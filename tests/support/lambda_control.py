@@ -843,16 +843,16 @@ class LambdaEnvironment:
                                        "deadlineMs": record.deadline_ms})
                     record.sent.append(ext.name)
                 else:  # not subscribed: nothing to wait for (the emulator does the same)
-                    self._kill_extension(ext, record)
+                    self._sigkill_extension(ext, record)
             self._cond.notify_all()
             self._cond.wait_for(lambda: not any(e.alive for e in exts),
                                 record.deadline_s - _now())
             for ext in exts:
                 if ext.alive:
                     record.killed_at_deadline.append(ext.name)
-                    self._kill_extension(ext, record)
+                    self._sigkill_extension(ext, record)
 
-    def _kill_extension(self, ext: Extension, record: Shutdown) -> None:
+    def _sigkill_extension(self, ext: Extension, record: Shutdown) -> None:
         ext.killed = True
         record.killed.append(ext.name)
         _kill_group(ext.process.pid)
