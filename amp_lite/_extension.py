@@ -22,7 +22,6 @@ Docs: https://docs.aws.amazon.com/lambda/latest/dg/runtimes-extensions-api.html
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -54,27 +53,50 @@ JOURNAL_NAME = "journal"  # next to the socket
 
 
 class ExtensionsAPI:
-    """The Extensions API over one HTTP/1.1 connection: `ask_next()` sends `event/next`
-    without waiting; `event()` reads the answer once `sock` is readable."""
+    """The Extensions API over one kept-alive HTTP/1.1 connection, read without blocking:
+    `ask_next()` sends `event/next`; `sock` turns readable as the answer comes; `event()`
+    reads what is there and returns the event once it is complete (None before). Not
+    http.client: its header parsing (the email package) would delay a hand-off that arrives
+    while an INVOKE is being read, and its import the extension's start."""
 
     def __init__(self, address: str, identifier: str) -> None:
-        self._connection = http.client.HTTPConnection(address)
-        self._identifier = identifier
+        host, _, port = address.rpartition(":")
+        self._address = (host, int(port))
+        self._request = (f"GET {NEXT_PATH} HTTP/1.1\r\nHost: {address}\r\n"
+                         f"Lambda-Extension-Identifier: {identifier}\r\n\r\n").encode()
+        self._sock: socket.socket | None = None
+        self._received = b""
 
     def ask_next(self) -> None:
-        self._connection.request("GET", NEXT_PATH,
-                                 headers={"Lambda-Extension-Identifier": self._identifier})
+        if self._sock is None:
+            self._sock = socket.create_connection(self._address)
+        self._sock.sendall(self._request)
 
     @property
     def sock(self) -> socket.socket:
-        assert self._connection.sock is not None, "ask_next() first"
-        return self._connection.sock
+        assert self._sock is not None, "ask_next() first"
+        return self._sock
 
-    def event(self) -> dict[str, Any]:
-        response = self._connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"event/next answered {response.status}: {body[:200]!r}")
+    def event(self) -> dict[str, Any] | None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the Extensions API closed the connection")
+        self._received += chunk
+        head, separator, rest = self._received.partition(b"\r\n\r\n")
+        if not separator:
+            return None
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip()
+                   for name, _, value in (line.partition(":") for line in lines)}
+        length = int(headers.get("content-length") or 0)
+        if len(rest) < length:
+            return None
+        body, self._received = rest[:length], rest[length:]
+        if headers.get("connection", "").lower() == "close":
+            self._sock.close()  # type: ignore[union-attr]
+            self._sock = None
+        if status_line.split()[1:2] != ["200"]:
+            raise RuntimeError(f"event/next answered {status_line!r}: {body[:200]!r}")
         event: dict[str, Any] = json.loads(body)
         return event
 
@@ -246,6 +268,8 @@ class Extension:
                     self.accept()
                     continue
                 event = api.event()
+                if event is None:  # more of the answer to come
+                    continue
                 if event.get("eventType") == "SHUTDOWN":
                     self.shutdown(event)
                     return 0
