@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from ._spill_files import O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, make_dir
@@ -125,6 +123,9 @@ def fallback_for(directory: Path) -> Path:
     """Where the spill goes when `directory` fails the rule: `<temp dir>/amp-lite-spill-<uid>/`,
     then one directory per configured one (a hash of its path, as given), so that the events of
     two configurations (two API keys) stay apart there too."""
+    import hashlib  # rarely needed: not on the import path of every cold start
+    import tempfile
+
     digest = hashlib.sha256(os.fsencode(os.path.abspath(directory))).hexdigest()[:16]
     uid = os.geteuid() if ENFORCED else 0
     return Path(tempfile.gettempdir()) / f"amp-lite-spill-{uid}" / digest
