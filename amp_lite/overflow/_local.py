@@ -264,7 +264,8 @@ class LocalSpill:
                 except UntrustedError as why:
                     self._reject(wanted, why)
                     continue
-                except OSError as exc:  # the fallback cannot be made: said once, tried again
+                except OSError as exc:  # cannot be made or looked at (ENOTDIR, EACCES...):
+                    # not a trust matter; for the fallback, the one ERROR says so
                     self._told(f"its fallback {at} cannot be used ({_describe(exc)})")
                     raise
                 self._at = at

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from amp_lite import Amplitude, OfflineRetryHandler, amplitude_flush
+from amp_lite import Amplitude, OfflineRetryHandler, OverflowWriteError, amplitude_flush
 from amp_lite._client import FLUSH_LOG_FIELD
 from amp_lite.overflow._local import LocalSpill
 from amp_lite.overflow._spill_files import CLAIM_PREFIX, QUARANTINE_DIR, SPILL_SUFFIX
@@ -359,6 +359,28 @@ def test_each_fault_is_refused_naming_the_directory_and_why(
     write(spill, make_events("ours", 1))
     assert [e.insert_id for e in claim_all(spill).events] == ["ours-0000"]
     assert list(spill_dir.iterdir()) == [planted]
+
+
+def test_a_directory_replaced_between_its_check_and_the_write_is_not_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a spill in use, whose directory is replaced right after the write checked it
+    spill = LocalSpill(tmp_path / "spill")
+    write(spill, make_events("a", 1))
+    checked = spill._checked
+
+    def checked_then_replaced(*, create: bool) -> Any:
+        place = checked(create=create)
+        spill.directory.rename(tmp_path / "moved")
+        spill.directory.mkdir(mode=0o700)
+        return place
+
+    monkeypatch.setattr(spill, "_checked", checked_then_replaced)
+
+    # WHEN events are written / THEN the write is refused, naming the directory, and the
+    # directory now at that path was not written to
+    with pytest.raises(OverflowWriteError, match="spill was replaced since it was checked"):
+        write(spill, make_events("b", 1))
+    assert spill_files(spill.directory) == []
 
 
 # -- modes: 0600 files, 0700 directories, whatever the umask ---------------------------------------
