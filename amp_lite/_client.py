@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
 from . import _snapstart
 from ._checks import positive_seconds
-from ._config import ClientConfig, ClientOptions, redacted_url
+from ._config import ENV_EXTENSION, ClientConfig, ClientOptions, redacted_url
 from ._deadline import Deadline
 from ._delivery import Delivery, Route, bound, overflow_early, undeliverable
 from ._encoder import EventEncoder
@@ -37,10 +38,12 @@ from ._scope import EventBuffer, Invocation, Scopes, TimeLeft, from_milliseconds
 from ._transport import Transport
 from ._wire import BufferedEvent
 from .overflow import OverflowSink
-from .overflow._defaults import check_overflow
+from .overflow._defaults import check_overflow, spill_digest
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ._handoff import HandOff
 
 logger = logging.getLogger("amp_lite")
 
@@ -75,6 +78,7 @@ class Amplitude:
         self._encoder = EventEncoder(self.config)
         self._scopes = Scopes(f"amp_lite_scope_{id(self)}")
         self._route = Route(self.config, check_overflow(overflow), transport)
+        self._handoff = _handoff_if_enabled(self._route, overflow, transport)
         _snapstart.enroll(self)  # under Lambda SnapStart only: flushed and closed before snapshot
 
     def __repr__(self) -> str:
@@ -247,18 +251,24 @@ class Amplitude:
         return await self._aflush_buffer(self._scopes.current(), Deadline.after(budget),
                                          raise_config_error=True)
 
-    def flush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
+    def flush_scope(self, buffer: EventBuffer, deadline: Deadline, *,
+                    request_id: str | None = None) -> DeliveryReport:
         """A scope's flush: its buffer and what reached the client's own buffer meanwhile
-        (events tracked from threads, callbacks, code around the decorator). Never raises."""
-        return self._flush_buffer(buffer, deadline, adopt=self._scopes.outside)
+        (events tracked from threads, callbacks, code around the decorator). With the Lambda
+        extension enabled, a Lambda invocation's (`request_id`) are handed to it instead.
+        Never raises."""
+        return self._flush_buffer(buffer, deadline, adopt=self._scopes.outside,
+                                  request_id=request_id)
 
-    async def aflush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport:
+    async def aflush_scope(self, buffer: EventBuffer, deadline: Deadline, *,
+                           request_id: str | None = None) -> DeliveryReport:
         """`flush_scope`, awaited (see `aflush`)."""
-        return await self._aflush_buffer(buffer, deadline, adopt=self._scopes.outside)
+        return await self._aflush_buffer(buffer, deadline, adopt=self._scopes.outside,
+                                         request_id=request_id)
 
     def _flush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
-                      raise_config_error: bool = False,
-                      adopt: EventBuffer | None = None) -> DeliveryReport:
+                      raise_config_error: bool = False, adopt: EventBuffer | None = None,
+                      request_id: str | None = None) -> DeliveryReport:
         """Flush `buffer` (after the events of `adopt`, when given) within `deadline`. Without
         `raise_config_error` it never raises for a missing key: the events are counted as
         dropped instead (a scope's exit)."""
@@ -267,7 +277,9 @@ class Amplitude:
             return DeliveryReport()
         buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))
-        if events or self._route.api_key_known():  # else: reading the spill back needs the key
+        if self._handed_off(events, request_id):
+            tally.handed_off = len(events)
+        elif events or self._route.api_key_known():  # else: reading the spill back needs the key
             try:
                 tally = Delivery(self._route, deadline).run(events, self._retry)
             except ConfigError as exc:
@@ -275,14 +287,15 @@ class Amplitude:
         return self._report(tally, outside, buffers, started)
 
     async def _aflush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
-                             raise_config_error: bool = False,
-                             adopt: EventBuffer | None = None) -> DeliveryReport:
-        """`_flush_buffer`, awaited; the sync one when the async flush cannot await."""
+                             raise_config_error: bool = False, adopt: EventBuffer | None = None,
+                             request_id: str | None = None) -> DeliveryReport:
+        """`_flush_buffer`, awaited; the sync one when the async flush cannot await (or the
+        events go to the extension: a local write, well under a millisecond)."""
         if not self.config.enabled:
             return DeliveryReport()
-        if not self._route.can_await():
+        if not self._route.can_await() or (self._handoff and request_id):
             return self._flush_buffer(buffer, deadline, raise_config_error=raise_config_error,
-                                      adopt=adopt)
+                                      adopt=adopt, request_id=request_id)
         started = monotonic()
         buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))
@@ -292,6 +305,20 @@ class Amplitude:
             except ConfigError as exc:
                 tally = self._without_key(exc, buffer, events, deadline, raise_config_error)
         return self._report(tally, outside, buffers, started)
+
+    def _deliver_spilled(self, deadline: Deadline) -> Tally:
+        """One flush of what the local spill holds (at most max_request_events), however short
+        `deadline`: the Lambda extension's flush, whose events are the hand-offs it stored
+        there. Raises ConfigError without a key."""
+        return Delivery(self._route, deadline, recovery_min_s=0.0).run([], self._retry)
+
+    def _handed_off(self, events: list[BufferedEvent], request_id: str | None) -> bool:
+        """Whether the Lambda extension took the invocation's events (even none: so that it
+        knows they are complete). Only a scope's flush in a Lambda invocation hands off."""
+        if self._handoff is None or request_id is None:
+            return False
+        return self._handoff.send(events, request_id=request_id,
+                                  min_id_length=self.config.min_id_length)
 
     def _without_key(self, exc: ConfigError, buffer: EventBuffer, events: list[BufferedEvent],
                      deadline: Deadline, raise_config_error: bool) -> Tally:
@@ -313,6 +340,20 @@ class Amplitude:
             logger.info("amp_lite flush %s", json.dumps(summary, sort_keys=True),
                         extra={FLUSH_LOG_FIELD: summary})
         return report
+
+
+def _handoff_if_enabled(route: Route, overflow: object,
+                        transport: Transport | None) -> HandOff | None:
+    """The hand-off to the Lambda extension, with AMP_LITE_EXTENSION=on, for a client the
+    extension can stand in for: the default transport and overflow, and a key (the extension
+    refuses a client whose key and server are not its own)."""
+    if not os.environ.get(ENV_EXTENSION) or route.identity is None:
+        return None
+    from ._handoff import HandOff, enabled  # loads only where the extension is enabled
+
+    if not enabled(os.environ) or overflow is not None or transport is not None:
+        return None
+    return HandOff.from_environment(spill_digest(route.identity, route.config.server_url))
 
 
 def _take(buffer: EventBuffer, adopt: EventBuffer | None,

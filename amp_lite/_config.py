@@ -23,6 +23,7 @@ from ._limits import (
     MAX_REQUEST_BYTES,
     SERVER_URLS,
 )
+from ._value import FrozenValue
 
 # A scope's buffer past either cap overflows its oldest events at once, so a handler that
 # tracks without limit keeps bounded memory: about 2x the encoded bytes in Python objects,
@@ -41,6 +42,7 @@ ENV_FLUSH_TIMEOUT = "AMP_LITE_FLUSH_TIMEOUT_S"
 ENV_ENABLED = "AMP_LITE_ENABLED"
 ENV_SPILL_DIR = "AMP_LITE_SPILL_DIR"
 ENV_QUEUE_URL = "AMP_LITE_OVERFLOW_QUEUE_URL"
+ENV_EXTENSION = "AMP_LITE_EXTENSION"  # "on": hand scopes' events to the Lambda extension
 
 MISSING_API_KEY = (f"no Amplitude API key: pass api_key=... to Amplitude() or set "
                    f"{ENV_API_KEY}")
@@ -49,17 +51,22 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
-@dataclass(frozen=True, kw_only=True)
-class Plan:
+class Plan(FrozenValue):
     """Tracking-plan information sent on every event.
 
     Wire keys: branch, source, version, versionId.
     """
 
-    branch: str | None = None
-    source: str | None = None
-    version: str | None = None
-    version_id: str | None = None
+    _fields = ("branch", "source", "version", "version_id")
+    __slots__ = _fields
+    branch: str | None
+    source: str | None
+    version: str | None
+    version_id: str | None
+
+    def __init__(self, *, branch: str | None = None, source: str | None = None,
+                 version: str | None = None, version_id: str | None = None) -> None:
+        self._set(branch=branch, source=source, version=version, version_id=version_id)
 
     def to_wire(self) -> dict[str, str]:
         wire = {"branch": self.branch, "source": self.source, "version": self.version,
@@ -67,12 +74,17 @@ class Plan:
         return {key: value for key, value in wire.items() if value is not None}
 
 
-@dataclass(frozen=True, kw_only=True)
-class IngestionMetadata:
+class IngestionMetadata(FrozenValue):
     """Where events came from, for Amplitude's ingestion (source_name, source_version)."""
 
-    source_name: str | None = None
-    source_version: str | None = None
+    _fields = ("source_name", "source_version")
+    __slots__ = _fields
+    source_name: str | None
+    source_version: str | None
+
+    def __init__(self, *, source_name: str | None = None,
+                 source_version: str | None = None) -> None:
+        self._set(source_name=source_name, source_version=source_version)
 
     def to_wire(self) -> dict[str, str]:
         wire = {"source_name": self.source_name, "source_version": self.source_version}
@@ -98,16 +110,21 @@ class ClientOptions(TypedDict, total=False):
     max_request_events: int  # at most 2000, Amplitude's limit
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(FrozenValue):
     """How an option's value is read: `check(value, name)` validates and converts an argument;
     `from_env(environ, name)` reads the variable `env`, or returns None when it is unset.
     `optional`: an argument of None means "not given" (else None is checked, and refused)."""
 
+    _fields = ("check", "optional", "env", "from_env")
+    __slots__ = _fields
     check: Callable[[Any, str], Any]
     optional: bool
-    env: str | None = None
-    from_env: Callable[[Mapping[str, str], str], Any] | None = None
+    env: str | None
+    from_env: Callable[[Mapping[str, str], str], Any] | None
+
+    def __init__(self, check: Callable[[Any, str], Any], optional: bool, env: str | None = None,
+                 from_env: Callable[[Mapping[str, str], str], Any] | None = None) -> None:
+        self._set(check=check, optional=optional, env=env, from_env=from_env)
 
 
 def option(default: Any, check: Callable[[Any, str], Any], *, optional: bool = False,

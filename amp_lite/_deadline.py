@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from ._value import FrozenValue
 
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
-class Deadline:
+class Deadline(FrozenValue):
     """An absolute expiry on a monotonic clock. Immutable: narrowing gives a new Deadline."""
 
+    _fields = ("expires_at", "clock")
+    __slots__ = _fields
+    _unshown = _uncompared = frozenset({"clock"})
     expires_at: float
-    clock: Clock = field(default=time.monotonic, repr=False, compare=False)
+    clock: Clock
+
+    def __init__(self, expires_at: float, clock: Clock = time.monotonic) -> None:
+        self._set(expires_at=expires_at, clock=clock)
 
     @classmethod
     def after(cls, seconds: float, clock: Clock = time.monotonic) -> Deadline:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 
 from . import _report as r
 from ._config import MISSING_API_KEY, ClientConfig
@@ -51,6 +50,7 @@ class Route:
         provider = config.api_key_provider
         self._provided = ProvidedKey(provider) if provider is not None else None
         identity = config.api_key or (provider_label(provider) if provider else None)
+        self.identity = identity  # what names the client's spill directory (and hand-offs)
         self._sinks = None if identity is None else resolve_sinks(overflow, identity,
                                                                    config.server_url)
         self._async_transport: AsyncTransport | None = None
@@ -135,14 +135,16 @@ def bound(retry: Retry, sender: Sender) -> Retry:
     return retry.bind(sender) if isinstance(retry, BaseRetryHandler) else retry
 
 
-@dataclass(frozen=True)
 class _Send:
     """A step of a delivery plan: let `strategy` send `batch` by `deadline`; the plan is
     sent the SendOutcome."""
 
-    strategy: Retry
-    batch: list[BufferedEvent]
-    deadline: Deadline
+    __slots__ = ("batch", "deadline", "strategy")
+
+    def __init__(self, strategy: Retry, batch: list[BufferedEvent], deadline: Deadline) -> None:
+        self.strategy = strategy
+        self.batch = batch
+        self.deadline = deadline
 
 
 _DeliveryPlan = Generator[_Send, SendOutcome, None]
@@ -152,9 +154,11 @@ class Delivery:
     """One flush of `events` under `deadline`. The flush is written once, as a plan
     (`_deliver`) whose sends `run` takes blocking and `arun` awaits."""
 
-    def __init__(self, route: Route, deadline: Deadline) -> None:
+    def __init__(self, route: Route, deadline: Deadline, *,
+                 recovery_min_s: float = RECOVERY_MIN_BUDGET_S) -> None:
         self._route = route
         self.deadline = deadline
+        self._recovery_min_s = recovery_min_s  # the extension's flush reads the spill always
 
     def run(self, events: list[BufferedEvent], retry: Retry) -> Tally:
         """Deliver, reject or overflow every event. Raises ConfigError, before any event is
@@ -304,7 +308,7 @@ class Delivery:
         return (), None
 
     def _claim_spill(self, sinks: tuple[OverflowSink, ...]) -> SpillClaim | None:
-        if self.deadline.remaining_s() < RECOVERY_MIN_BUDGET_S:
+        if self.deadline.remaining_s() < self._recovery_min_s:
             return None
         for sink in sinks:
             if isinstance(sink, RecoverableSink):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _report as r
 from ._checks import is_int
+from ._value import FrozenValue, Value
 from ._wire import BufferedEvent
 
 # Index lists in a 400 body that name invalid events (HTTP V2 API docs, 400 response body).
@@ -22,17 +22,22 @@ _INVALID_INDEX_KEYS = ("events_with_missing_fields", "events_with_invalid_fields
                        "events_with_invalid_id_lengths")
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(FrozenValue):
     """What one request to Amplitude came back with. `error` is set when no usable reply came
     back (then there is no status): a `Transport` returns this instead of raising."""
 
+    _fields = ("http_status", "body", "error", "retry_after_s")
+    __slots__ = _fields
     http_status: int | None
-    body: Mapping[str, Any] | None = None  # the JSON object of the reply, when it was one
+    body: Mapping[str, Any] | None  # the JSON object of the reply, when it was one
     # timeout, tls, connection, connection_dropped, response_too_large, protocol:<error>,
     # unexpected:<error> (an HTTP-stack fault): every one is retried
-    error: str | None = None
-    retry_after_s: float | None = None
+    error: str | None
+    retry_after_s: float | None
+
+    def __init__(self, http_status: int | None, body: Mapping[str, Any] | None = None,
+                 error: str | None = None, retry_after_s: float | None = None) -> None:
+        self._set(http_status=http_status, body=body, error=error, retry_after_s=retry_after_s)
 
     @property
     def code(self) -> int | None:
@@ -49,17 +54,28 @@ class Reply:
         return self.http_status if code is None or self.http_status is None else code
 
 
-@dataclass
-class Verdict:
-    delivered: list[BufferedEvent] = field(default_factory=list)
-    rejected: dict[str, list[BufferedEvent]] = field(default_factory=dict)
-    unsettled: dict[str, list[BufferedEvent]] = field(default_factory=dict)
-    retry: list[BufferedEvent] = field(default_factory=list)
-    backoff: bool = False  # wait before retrying: the server or the network is in trouble
-    split: bool = False  # retry `retry` as two halves (413, or a 400 naming no index)
-    retry_after_s: float | None = None  # the server's Retry-After, if it sent one
-    refused: str | None = None  # the whole request was refused, for this reason: stop sending
-    note: str = ""  # for logs: a status and a reason, never event contents or the key
+class Verdict(Value):
+    """What `classify` decided for each event of a batch."""
+
+    _fields = ("delivered", "rejected", "unsettled", "retry", "backoff", "split",
+               "retry_after_s", "refused", "note")
+    __slots__ = _fields
+
+    def __init__(self, *, delivered: list[BufferedEvent] | None = None,
+                 rejected: dict[str, list[BufferedEvent]] | None = None,
+                 unsettled: dict[str, list[BufferedEvent]] | None = None,
+                 retry: list[BufferedEvent] | None = None, backoff: bool = False,
+                 split: bool = False, retry_after_s: float | None = None,
+                 refused: str | None = None, note: str = "") -> None:
+        self.delivered = delivered if delivered is not None else []
+        self.rejected = rejected if rejected is not None else {}
+        self.unsettled = unsettled if unsettled is not None else {}
+        self.retry = retry if retry is not None else []
+        self.backoff = backoff  # wait before retrying: the server or the network is in trouble
+        self.split = split  # retry `retry` as two halves (413, or a 400 naming no index)
+        self.retry_after_s = retry_after_s  # the server's Retry-After, if it sent one
+        self.refused = refused  # the whole request was refused, for this reason: stop sending
+        self.note = note  # for logs: a status and a reason, never event contents or the key
 
 
 def classify(reply: Reply, batch: Sequence[BufferedEvent]) -> Verdict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from ._value import FrozenValue, Value
 
 # Why Amplitude refused an event itself (it is not retried, ever).
 REJECTED_INVALID = "invalid_event"  # 400 listed the event's index
@@ -45,42 +46,65 @@ def _frozen(counts: Mapping[str, int]) -> Mapping[str, int]:
     return MappingProxyType(dict(counts))
 
 
-@dataclass(frozen=True, kw_only=True)
-class DeliveryReport:
+class DeliveryReport(FrozenValue):
     """The outcome of one flush.
 
     `tracked + recovered == delivered + rejected + overflowed + dropped`, where `tracked` counts
     the buffered events the flush took and `recovered` those it read back from the local spill.
     `outside` counts those of `tracked` that a scope's flush took from the client's own buffer
     (tracked outside any scope: from a thread, a callback, code around the decorator).
+    `handed_off` counts events given to the amp-lite Lambda extension, which delivers them
+    after the response (its own log line reports how): they are settled for this flush.
     """
 
-    tracked: int = 0
-    outside: int = 0
-    recovered: int = 0
-    delivered: int = 0
-    rejected: int = 0
-    overflowed: int = 0
-    dropped: int = 0
-    rejected_reasons: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
-    overflowed_reasons: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
-    overflowed_to: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
-    dropped_reasons: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
-    attempts: int = 0
-    elapsed_ms: float = 0.0
-    deadline_hit: bool = False
+    _fields = ("tracked", "outside", "recovered", "delivered", "handed_off", "rejected",
+               "overflowed", "dropped", "rejected_reasons", "overflowed_reasons", "overflowed_to",
+               "dropped_reasons", "attempts", "elapsed_ms", "deadline_hit")
+    __slots__ = _fields
+    tracked: int
+    outside: int
+    recovered: int
+    delivered: int
+    handed_off: int
+    rejected: int
+    overflowed: int
+    dropped: int
+    rejected_reasons: Mapping[str, int]
+    overflowed_reasons: Mapping[str, int]
+    overflowed_to: Mapping[str, int]
+    dropped_reasons: Mapping[str, int]
+    attempts: int
+    elapsed_ms: float
+    deadline_hit: bool
+
+    def __init__(self, *, tracked: int = 0, outside: int = 0, recovered: int = 0,
+                 delivered: int = 0, handed_off: int = 0, rejected: int = 0,
+                 overflowed: int = 0, dropped: int = 0,
+                 rejected_reasons: Mapping[str, int] | None = None,
+                 overflowed_reasons: Mapping[str, int] | None = None,
+                 overflowed_to: Mapping[str, int] | None = None,
+                 dropped_reasons: Mapping[str, int] | None = None,
+                 attempts: int = 0, elapsed_ms: float = 0.0, deadline_hit: bool = False) -> None:
+        self._set(tracked=tracked, outside=outside, recovered=recovered, delivered=delivered,
+                  handed_off=handed_off, rejected=rejected, overflowed=overflowed, dropped=dropped,
+                  rejected_reasons=_frozen(rejected_reasons or {}),
+                  overflowed_reasons=_frozen(overflowed_reasons or {}),
+                  overflowed_to=_frozen(overflowed_to or {}),
+                  dropped_reasons=_frozen(dropped_reasons or {}),
+                  attempts=attempts, elapsed_ms=elapsed_ms, deadline_hit=deadline_hit)
 
     @property
     def balanced(self) -> bool:
         """True when every event taken by the flush is accounted for (invariant I2)."""
-        settled = self.delivered + self.rejected + self.overflowed + self.dropped
+        settled = (self.delivered + self.handed_off + self.rejected + self.overflowed
+                   + self.dropped)
         return self.tracked + self.recovered == settled
 
     def summary(self) -> dict[str, object]:
         """A flat dict for one structured log line: counts only, never event contents."""
         return {
             "tracked": self.tracked, "outside": self.outside, "recovered": self.recovered,
-            "delivered": self.delivered,
+            "delivered": self.delivered, "handed_off": self.handed_off,
             "rejected": self.rejected, "overflowed": self.overflowed, "dropped": self.dropped,
             "attempts": self.attempts, "elapsed_ms": round(self.elapsed_ms, 1),
             "deadline_hit": self.deadline_hit,
@@ -91,32 +115,39 @@ class DeliveryReport:
         }
 
 
-@dataclass
-class Tally:
+class Tally(Value):
     """The mutable counterpart of DeliveryReport, filled in while a flush runs."""
 
-    tracked: int = 0
-    outside: int = 0
-    recovered: int = 0
-    delivered: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    overflowed: Counter[str] = field(default_factory=Counter)
-    overflowed_to: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    attempts: int = 0
-    deadline_hit: bool = False
+    _fields = ("tracked", "outside", "recovered", "delivered", "handed_off", "rejected",
+               "overflowed", "overflowed_to", "dropped", "attempts", "deadline_hit")
+    __slots__ = _fields
+
+    def __init__(self, *, tracked: int = 0) -> None:
+        self.tracked = tracked
+        self.outside = 0
+        self.recovered = 0
+        self.delivered = 0
+        self.handed_off = 0
+        self.rejected: Counter[str] = Counter()
+        self.overflowed: Counter[str] = Counter()
+        self.overflowed_to: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.attempts = 0
+        self.deadline_hit = False
 
     @property
     def settled(self) -> int:
-        """Events whose fate is decided: delivered, rejected, overflowed or dropped."""
-        return (self.delivered + sum(self.rejected.values()) + sum(self.overflowed.values())
-                + sum(self.dropped.values()))
+        """Events whose fate is decided: delivered, handed off, rejected, overflowed or
+        dropped."""
+        return (self.delivered + self.handed_off + sum(self.rejected.values())
+                + sum(self.overflowed.values()) + sum(self.dropped.values()))
 
     def merge(self, other: Tally) -> None:
         self.tracked += other.tracked
         self.outside += other.outside
         self.recovered += other.recovered
         self.delivered += other.delivered
+        self.handed_off += other.handed_off
         self.rejected.update(other.rejected)
         self.overflowed.update(other.overflowed)
         self.overflowed_to.update(other.overflowed_to)
@@ -127,10 +158,10 @@ class Tally:
     def report(self, elapsed_ms: float) -> DeliveryReport:
         return DeliveryReport(
             tracked=self.tracked, outside=self.outside, recovered=self.recovered,
-            delivered=self.delivered,
+            delivered=self.delivered, handed_off=self.handed_off,
             rejected=sum(self.rejected.values()), overflowed=sum(self.overflowed.values()),
-            dropped=sum(self.dropped.values()), rejected_reasons=_frozen(self.rejected),
-            overflowed_reasons=_frozen(self.overflowed), overflowed_to=_frozen(self.overflowed_to),
-            dropped_reasons=_frozen(self.dropped), attempts=self.attempts,
+            dropped=sum(self.dropped.values()), rejected_reasons=self.rejected,
+            overflowed_reasons=self.overflowed, overflowed_to=self.overflowed_to,
+            dropped_reasons=self.dropped, attempts=self.attempts,
             elapsed_ms=elapsed_ms, deadline_hit=self.deadline_hit,
         )

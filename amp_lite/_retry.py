@@ -30,6 +30,7 @@ from ._deadline import Deadline
 from ._errors import ConfigError, brief, redact
 from ._reply import Reply, Verdict, classify
 from ._sender import Sender
+from ._value import FrozenValue, Value
 from ._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
@@ -49,15 +50,21 @@ _REFUSALS = {
 }
 
 
-@dataclass
-class SendOutcome:
+class SendOutcome(Value):
     """What a strategy did with the events it was given. Every event lands in exactly one list."""
 
-    delivered: list[BufferedEvent] = field(default_factory=list)
-    rejected: dict[str, list[BufferedEvent]] = field(default_factory=dict)
-    unsettled: dict[str, list[BufferedEvent]] = field(default_factory=dict)
-    attempts: int = 0
-    refused: str | None = None  # Amplitude refused a whole request: send nothing more
+    _fields = ("delivered", "rejected", "unsettled", "attempts", "refused")
+    __slots__ = _fields
+
+    def __init__(self, *, delivered: list[BufferedEvent] | None = None,
+                 rejected: dict[str, list[BufferedEvent]] | None = None,
+                 unsettled: dict[str, list[BufferedEvent]] | None = None, attempts: int = 0,
+                 refused: str | None = None) -> None:
+        self.delivered = delivered if delivered is not None else []
+        self.rejected = rejected if rejected is not None else {}
+        self.unsettled = unsettled if unsettled is not None else {}
+        self.attempts = attempts
+        self.refused = refused  # Amplitude refused a whole request: send nothing more
 
     @property
     def settled(self) -> int:
@@ -83,18 +90,26 @@ class SendOutcome:
             self.unsettled.setdefault(reason, []).extend(events)
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(FrozenValue):
     """A step of a plan: send `batch` once; the plan is sent the Reply."""
 
+    _fields = ("batch",)
+    __slots__ = _fields
     batch: list[BufferedEvent]
 
+    def __init__(self, batch: list[BufferedEvent]) -> None:
+        self._set(batch=batch)
 
-@dataclass(frozen=True)
-class Pause:
+
+class Pause(FrozenValue):
     """A step of a plan: wait `seconds` before the next step (a backoff)."""
 
+    _fields = ("seconds",)
+    __slots__ = _fields
     seconds: float
+
+    def __init__(self, seconds: float) -> None:
+        self._set(seconds=seconds)
 
 
 # A strategy's plan: yields steps, is sent a Reply after each Attempt (None after a Pause).

@@ -33,10 +33,11 @@ TimeLeft = Callable[[], float]  # seconds the invocation has left, read when the
 class Flusher(Protocol):
     """What a scope flushes with (the client): both never raise."""
 
-    def flush_scope(self, buffer: EventBuffer, deadline: Deadline) -> DeliveryReport: ...
+    def flush_scope(self, buffer: EventBuffer, deadline: Deadline, *,
+                    request_id: str | None = None) -> DeliveryReport: ...
 
-    def aflush_scope(self, buffer: EventBuffer,
-                     deadline: Deadline) -> Awaitable[DeliveryReport]: ...
+    def aflush_scope(self, buffer: EventBuffer, deadline: Deadline, *,
+                     request_id: str | None = None) -> Awaitable[DeliveryReport]: ...
 
 
 class EventBuffer:
@@ -158,6 +159,8 @@ class Invocation:
         self._timeout_s = timeout_s  # counted from the start of the `with` block
         self._margin_s = max(0.0, margin_ms) / 1000
         self._token: Token[EventBuffer | None] | None = None
+        request_id = getattr(time_left, "request_id", None)  # a Lambda invocation's
+        self.request_id = request_id if isinstance(request_id, str) else None
 
     def __enter__(self) -> Invocation:
         self.enter()
@@ -199,7 +202,8 @@ class Invocation:
         """Flush this scope's buffer (and the client's own) now, within what is left of the
         invocation."""
         try:
-            return self._flusher.flush_scope(self.buffer, self.flush_deadline())
+            return self._flusher.flush_scope(self.buffer, self.flush_deadline(),
+                                             request_id=self.request_id)
         except Exception:
             return self._failed()
 
@@ -207,7 +211,8 @@ class Invocation:
         """`flush()`, awaiting the network instead of blocking the event loop (with the
         `amp-lite[async]` extra; without it, the same as `flush()`)."""
         try:
-            return await self._flusher.aflush_scope(self.buffer, self.flush_deadline())
+            return await self._flusher.aflush_scope(self.buffer, self.flush_deadline(),
+                                                    request_id=self.request_id)
         except Exception:
             return self._failed()
 
@@ -230,6 +235,23 @@ def countdown(seconds: float) -> TimeLeft:
     return lambda: ends_at - time.monotonic()
 
 
-def from_milliseconds(remaining_time_ms: Callable[[], int]) -> TimeLeft:
+class InvocationTime:
+    """What is left of a Lambda invocation, in seconds (a TimeLeft), from its context's
+    milliseconds method; and the invocation's request id, which a hand-off to the amp-lite
+    extension names."""
+
+    __slots__ = ("_remaining_time_ms", "request_id")
+
+    def __init__(self, remaining_time_ms: Callable[[], int],
+                 request_id: str | None = None) -> None:
+        self._remaining_time_ms = remaining_time_ms
+        self.request_id = request_id
+
+    def __call__(self) -> float:
+        return self._remaining_time_ms() / 1000
+
+
+def from_milliseconds(remaining_time_ms: Callable[[], int],
+                      request_id: str | None = None) -> TimeLeft:
     """Seconds left, from a function giving milliseconds (Lambda's context method)."""
-    return lambda: remaining_time_ms() / 1000
+    return InvocationTime(remaining_time_ms, request_id)

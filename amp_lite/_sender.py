@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from ._deadline import Deadline
 from ._reply import Reply
 from ._transport import AsyncTransport, Transport
+from ._value import FrozenValue
 from ._wire import BufferedEvent, encode_request, request_overhead, split_batches
 
 
-@dataclass(frozen=True, kw_only=True)
-class Sender:
+class Sender(FrozenValue):
     """What a retry strategy sends with: `batches()` cuts events into requests, `send()` posts
     one, `asend()` awaits one (the API key never appears in its repr)."""
 
+    _fields = ("transport", "async_transport", "api_key", "min_id_length", "max_events",
+               "max_bytes", "request_timeout_s")
+    __slots__ = _fields
+    _unshown = frozenset({"api_key"})
     transport: Transport
-    async_transport: AsyncTransport | None = None  # the async flush's; None in the sync one
-    api_key: str = field(repr=False)
+    async_transport: AsyncTransport | None  # the async flush's; None in the sync one
+    api_key: str
     min_id_length: int | None
     max_events: int
     max_bytes: int
     request_timeout_s: float
+
+    def __init__(self, *, transport: Transport, async_transport: AsyncTransport | None = None,
+                 api_key: str, min_id_length: int | None, max_events: int, max_bytes: int,
+                 request_timeout_s: float) -> None:
+        self._set(transport=transport, async_transport=async_transport, api_key=api_key,
+                  min_id_length=min_id_length, max_events=max_events, max_bytes=max_bytes,
+                  request_timeout_s=request_timeout_s)
 
     def batches(self, events: Sequence[BufferedEvent]) -> Iterator[list[BufferedEvent]]:
         """`events` cut into requests Amplitude accepts (count and byte limits)."""

@@ -32,7 +32,7 @@ def context_time_left(context: Any) -> TimeLeft | None:
     method = getattr(context, "get_remaining_time_in_millis", None)
     if not callable(method):
         return None
-    return from_milliseconds(method)
+    return from_milliseconds(method, getattr(context, "aws_request_id", None))
 
 
 def call_time_left(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TimeLeft | None:

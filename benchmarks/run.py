@@ -40,6 +40,8 @@ Scenarios (sizes of the full run; --quick shrinks them):
    imported first (what `import boto3` loads, urllib3 with it: nearly every Python function
    on Lambda), and from the sources alone
    (the same folders without their bytecode: what a layer without .pyc costs each cold start).
+   With botocore loaded, the child also times what both SDKs spend loading the CA bundle
+   (ssl.SSLContext.load_verify_locations and set_default_verify_paths): the floor under both.
 """
 
 from __future__ import annotations
@@ -383,6 +385,21 @@ def peak_rss_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if env["BENCH_PRE"]:
     __import__(env["BENCH_PRE"])
+# The time spent loading the CA bundle, which both SDKs pay: measured where the pre-import has
+# loaded ssl already (importing it here would take its cost out of the bare timings).
+trust_s = [0.0 if "ssl" in sys.modules else None]
+def timed(method):
+    def loading_trust(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            trust_s[0] += time.perf_counter() - started
+    return loading_trust
+if trust_s[0] is not None:
+    SSLContext = sys.modules["ssl"].SSLContext
+    for name in ("load_verify_locations", "set_default_verify_paths"):
+        setattr(SSLContext, name, timed(getattr(SSLContext, name)))
 modules_before = len(sys.modules)
 n, url = int(env["BENCH_N"]), env["BENCH_URL"]
 ca = env["BENCH_CA"] or None
@@ -423,6 +440,7 @@ rss_peak = peak_rss_kb()
 import json
 print(json.dumps({"delivered": delivered, "total_ms": (t_end - t0) * 1000,
                   "import_ms": (t_import - t0) * 1000, "work_s": t_end - t_start,
+                  "trust_ms": None if trust_s[0] is None else trust_s[0] * 1000,
                   "rss_base_kb": rss_base, "rss_peak_kb": rss_peak,
                   "modules_imported": len(sys.modules) - modules_before,
                   "boto3_loaded": "boto3" in sys.modules}))
@@ -592,6 +610,9 @@ def scenario_layer(env: Env, sizes: Sizes, results: Results) -> None:
                                             f"6 layer {variant} {sdk} rep {rep}")
                         results.add("6_layer", sdk, f"{variant}_total_ms", measured["total_ms"])
                         results.add("6_layer", sdk, f"{variant}_import_ms", measured["import_ms"])
+                        if measured["trust_ms"] is not None:
+                            results.add("6_layer", sdk, f"{variant}_trust_ms",
+                                        measured["trust_ms"])
             for (sdk, compiled), layer in installs.items():  # nothing written, as on /opt
                 require(not any(layer.workdir.iterdir()), f"6 layer: {layer.workdir} written")
                 require(compiled or not list(layer.python_dir.rglob("__pycache__")),
@@ -704,6 +725,7 @@ def rows(sizes: Sizes) -> list[Row]:
         Row("6_layer", "6 layer cold, botocore loaded", "botocore_total_ms", "ms", "ratio<=0.7"),
         Row("6_layer", "6 layer import, bare", "bare_import_ms", "ms"),
         Row("6_layer", "6 layer import, botocore loaded", "botocore_import_ms", "ms", "amp<=10"),
+        Row("6_layer", "6 layer CA bundle load, botocore", "botocore_trust_ms", "ms"),
         Row("6_layer", "6 layer import, no .pyc", "source_import_ms", "ms"),
         Row("6_layer", "6 layer cold, no .pyc", "source_total_ms", "ms"),
         Row("5_replay", "5 replay rate", "replay_events_per_s", "ev/s"),
@@ -733,6 +755,8 @@ def summarize(results: Results, sizes: Sizes) -> list[dict[str, Any]]:
     for row in rows(sizes):
         ours = results.values(row.scenario, AMP, row.metric)
         theirs = results.values(row.scenario, OFFICIAL, row.metric)
+        if not ours and not theirs:  # a scenario left out by --scenario
+            continue
         amp_median = statistics.median(ours) if ours else None
         official_median = statistics.median(theirs) if theirs else None
         ratio = (amp_median / official_median
@@ -820,6 +844,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions per SDK")
     parser.add_argument("--json", type=Path, default=HERE / "results.json",
                         help="where to write the raw numbers (default: benchmarks/results.json)")
+    parser.add_argument("--scenario", type=int, action="append", choices=range(1, 7),
+                        metavar="N", help="run only scenario N (1-6; repeatable; default: all)")
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
@@ -834,7 +860,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     proc, env = start_collector()
     started = time.monotonic()
     try:
-        for name, scenario in SCENARIOS:
+        for number, (name, scenario) in enumerate(SCENARIOS, start=1):
+            if args.scenario and number not in args.scenario:
+                continue
             progress(f"{name} ({sizes.reps} repetitions per SDK)...")
             scenario(env, sizes, results)
     finally:

@@ -5,6 +5,8 @@
     python layers/build.py --python 3.12        # one runtime (repeat --python for more)
     python layers/build.py --python 3.12 --output my.zip
     python layers/build.py --python 3.12 --dir OUT   # the unzipped layer in OUT/python (sam build)
+    python layers/build.py --extension          # the extension layers instead
+                                                #   -> dist/amp-lite-extension-layer-python3.X.zip
 
 Each zip holds `python/` with amp_lite and the pinned urllib3 of layers/requirements.txt
 (pure Python, installed by pip with its cross-platform flags, so one zip serves x86_64 and
@@ -14,6 +16,11 @@ compiled by that runtime's own interpreter (found as `python3.X` on PATH or thro
 with `--invalidation-mode unchecked-hash`: no source mtime in the files, and Lambda never
 re-checks them. No boto3/botocore, no amp_lite.testing (FakeAmplitude is for tests); files in
 sorted order with fixed timestamps and permissions, so building twice gives the same sha256.
+
+The extension layer (`--extension`) is the same `python/` plus `extensions/amp-lite`, the
+opt-in Lambda extension that delivers after the response. It is a layer of its own because
+Lambda starts every extension a function has at each cold start: the plain layer must cost
+nothing, and an extension that exits fails the init, so it cannot just leave when disabled.
 """
 
 from __future__ import annotations
@@ -47,13 +54,16 @@ VOLATILE_METADATA = ("direct_url.json", "INSTALLER", "REQUESTED")
 SOURCE_FILES = ("pyproject.toml", "README.md")  # with amp_lite/: what the wheel is built from
 # Not for a function: FakeAmplitude and the TLS helpers are for tests (`amp-lite demo` too).
 LEFT_OUT = ("__pycache__", "*.pyc", "testing", "_demo.py")
+# The extension's own process: only in the extension layer (the function side is _handoff).
+EXTENSION_ONLY = ("_extension.py", "_extension_boot.py")
 # Where Lambda mounts a layer's python/: the file names the bytecode records (tracebacks),
 # so that they do not name the build's scratch directory (and the build stays reproducible).
 LAYER_PATH = "/opt/python"
+EXTENSIONS = LAYERS_DIR / "extensions"  # their executables, at the layer's extensions/
 
 
-def layer_name(runtime: str) -> str:
-    return f"amp-lite-layer-python{runtime}.zip"
+def layer_name(runtime: str, *, extension: bool = False) -> str:
+    return f"amp-lite-{'extension-' if extension else ''}layer-python{runtime}.zip"
 
 
 def find_interpreter(runtime: str) -> Path:
@@ -87,15 +97,16 @@ def find_interpreter(runtime: str) -> Path:
                      f"`pyenv install {runtime}`): cannot compile the python{runtime} layer")
 
 
-def build_wheel(work: Path) -> Path:
+def build_wheel(work: Path, *, extension: bool = False) -> Path:
     """amp_lite's wheel from a clean copy of this checkout (setuptools would reuse a stale
     build/ directory, shipping modules that no longer exist)."""
     source = work / "source"
     source.mkdir()
     for name in SOURCE_FILES:
         shutil.copy2(REPO_ROOT / name, source / name)
+    left_out = LEFT_OUT if extension else (*LEFT_OUT, *EXTENSION_ONLY)
     shutil.copytree(REPO_ROOT / "amp_lite", source / "amp_lite",
-                    ignore=shutil.ignore_patterns(*LEFT_OUT))
+                    ignore=shutil.ignore_patterns(*left_out))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--disable-pip-version-check", "--wheel-dir", str(work), str(source)],
                    check=True)
@@ -209,30 +220,47 @@ def write_zip(root: Path, output: Path) -> str:
                    key=lambda p: p.relative_to(root).as_posix())
     with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         for path in files:
-            info = zipfile.ZipInfo(path.relative_to(root).as_posix(), FIXED_TIME)
-            info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+            name = path.relative_to(root).as_posix()
+            info = zipfile.ZipInfo(name, FIXED_TIME)
+            executable = name.startswith("extensions/")  # Lambda runs them as they are
+            info.external_attr = (0o100755 if executable else 0o100644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes(), compresslevel=9)
     return hashlib.sha256(output.read_bytes()).hexdigest()
 
 
+def add_extensions(root: Path) -> None:
+    """The extension layer's executables, in `root`/extensions."""
+    target = root / "extensions"
+    target.mkdir(parents=True, exist_ok=True)
+    for executable in sorted(EXTENSIONS.iterdir()):
+        shutil.copyfile(executable, target / executable.name)
+        (target / executable.name).chmod(0o755)
+
+
 def build(runtimes: Sequence[str], *, outputs: dict[str, Path] | None = None,
-          into: Path | None = None) -> dict[str, str]:
+          into: Path | None = None, extension: bool = False) -> dict[str, str]:
     """Build the layer of each runtime: zips at `outputs[runtime]` (default dist/), or the
-    unzipped tree in `into`/python (one runtime). Returns runtime -> sha256 of its zip."""
+    unzipped tree in `into`/python (one runtime); with `extension`, the extension layer.
+    Returns runtime -> sha256 of its zip."""
     interpreters = {runtime: find_interpreter(runtime) for runtime in runtimes}
     digests: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        wheel = build_wheel(Path(scratch))
+        wheel = build_wheel(Path(scratch), extension=extension)
         for runtime, interpreter in interpreters.items():
             if into is not None:
                 shutil.rmtree(into / "python", ignore_errors=True)
                 build_tree(into / "python", runtime, wheel, interpreter)
+                if extension:
+                    add_extensions(into)
                 print(f"layer tree for python{runtime}: {into / 'python'}")
                 continue
             root = Path(scratch) / f"python{runtime}"
             build_tree(root / "python", runtime, wheel, interpreter)
-            output = (outputs or {}).get(runtime, DIST / layer_name(runtime))
+            if extension:
+                add_extensions(root)
+            output = (outputs or {}).get(runtime, DIST / layer_name(runtime,
+                                                                    extension=extension))
             digests[runtime] = write_zip(root, output)
             print(f"{output} {output.stat().st_size} bytes sha256 {digests[runtime]}")
     return digests
@@ -257,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--output-dir", type=Path, help=f"where the zips go (default: {DIST})")
     where.add_argument("--dir", type=Path, help="write the unzipped layer (DIR/python) instead "
                        "(one --python)")
+    parser.add_argument("--extension", action="store_true", help="build the extension layers "
+                        "(python/ and extensions/amp-lite) instead of the plain ones")
     args = parser.parse_args(argv)
     runtimes: list[str] = list(dict.fromkeys(args.runtimes or ()))
     if not runtimes:
@@ -275,11 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         if runtime in DEPRECATED_RUNTIMES:
             print(f"warning: python{runtime} is {DEPRECATED_RUNTIMES[runtime]}", file=sys.stderr)
     if args.dir is not None:
-        build(runtimes, into=args.dir)
+        build(runtimes, into=args.dir, extension=args.extension)
         return 0
     folder = args.output_dir or DIST
-    outputs = {r: args.output if args.output else folder / layer_name(r) for r in runtimes}
-    build(runtimes, outputs=outputs)
+    outputs = {r: args.output if args.output else folder / layer_name(r, extension=args.extension)
+               for r in runtimes}
+    build(runtimes, outputs=outputs, extension=args.extension)
     return 0
 
 

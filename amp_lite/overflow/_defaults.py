@@ -68,5 +68,9 @@ def default_spill(identity: str, server_url: str) -> LocalSpill:
     label (the key is not known before the first fetch, and events may need the spill before
     it). The directory name is a hash: the key never appears in it."""
     root = os.environ.get(ENV_SPILL_DIR) or os.path.join(tempfile.gettempdir(), "amp-lite-spill")
-    digest = hashlib.sha256(f"{identity}\n{server_url}".encode()).hexdigest()[:16]
-    return LocalSpill(Path(root) / digest)
+    return LocalSpill(Path(root) / spill_digest(identity, server_url))
+
+
+def spill_digest(identity: str, server_url: str) -> str:
+    """The name of a client configuration's spill directory; the key never appears in it."""
+    return hashlib.sha256(f"{identity}\n{server_url}".encode()).hexdigest()[:16]

@@ -301,11 +301,14 @@ class LocalSpill:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, events: Sequence[BufferedEvent], *, reason: str, attempts: int,
-              deadline: Deadline, min_id_length: int | None = None) -> None:
+              deadline: Deadline, min_id_length: int | None = None,
+              durable: bool = True) -> None:
         """Store `events` as one file, or raise OverflowWriteError having stored nothing: when
         the spill is full, when `deadline` leaves less time than such a write takes here,
         when the directory stays locked by another writer until then, when the disk fails, or
         when no directory passes the trust rule (drop_reason spill_untrusted).
+        `durable=False` skips the fsync: the file survives the writer's death, not the
+        machine's (the Lambda extension's hand-offs, which are delivered within seconds).
         """
         if not events:
             return
@@ -321,7 +324,7 @@ class LocalSpill:
                 self._check_time(deadline, cost, len(content))  # the lock may have kept us
                 self._check_room(place.path, len(content), deadline)
                 self._check_time(deadline, self._writes.estimate(len(content)), len(content))
-                self._write_file(place.path, content)
+                self._write_file(place.path, content, durable=durable)
         except OSError as exc:
             raise OverflowWriteError(f"local spill write failed in {self._where()}: "
                                      f"{_describe(exc)}") from exc
@@ -343,7 +346,7 @@ class LocalSpill:
                 f"local spill full: {used} + {size} bytes > max_bytes {self.max_bytes} "
                 f"in {at}")
 
-    def _write_file(self, at: Path, content: bytes) -> None:
+    def _write_file(self, at: Path, content: bytes, *, durable: bool = True) -> None:
         """Temporary file (0600 whatever the umask), fsync, atomic rename; the temporary file
         never outlives a failure."""
         started = time.perf_counter()
@@ -356,7 +359,8 @@ class LocalSpill:
                 if FCHMOD:
                     os.fchmod(fd, 0o600)  # the umask may have taken bits off: exactly 0600
                 write_all(fd, content)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, at / name)

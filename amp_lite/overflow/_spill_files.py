@@ -30,7 +30,6 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._checks import is_int
@@ -72,11 +71,16 @@ class OtherVersionError(Exception):
     """A spill file of another format version: left in place."""
 
 
-@dataclass(frozen=True)
 class SpillFile:
-    attempts: int
-    min_id_length: int | None
-    events: list[BufferedEvent]
+    """One spill file read back."""
+
+    __slots__ = ("attempts", "events", "min_id_length")
+
+    def __init__(self, attempts: int, min_id_length: int | None,
+                 events: list[BufferedEvent]) -> None:
+        self.attempts = attempts
+        self.min_id_length = min_id_length
+        self.events = events
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -15,24 +15,33 @@ after-restore hooks and asks for invocations. A failing hook is posted to `/runt
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-PREFIX = "/2018-06-01/runtime"
-FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:amp-test"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.lambda_shared import (
+    FUNCTION_ARN,
+    REPO_ROOT,
+    RUNTIME_PREFIX,
+    JsonHandler,
+    LocalServer,
+    LoggedProcess,
+    epoch_ms,
+    runtime_command,
+    runtime_environment,
+    spawn_logged,
+)
+
+__all__ = ["FUNCTION_ARN", "PREFIX", "REPO_ROOT", "FakeRuntimeAPI", "InvocationResult",
+           "RuntimeProcess", "lambda_runtime"]
+
+PREFIX = RUNTIME_PREFIX
 
 
 @dataclass(frozen=True)
@@ -62,22 +71,19 @@ class FakeRuntimeAPI:
         self.restore_error: Any = None
         self.snapshot_requested = False  # the runtime called restore/next (hooks had run)
         self._restored = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LocalServer(_make_handler(self))
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return self._server.address
 
     def start(self) -> FakeRuntimeAPI:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def invoke(self, event: Any, *, timeout_ms: int | None = None,
                wait_s: float = 20.0) -> InvocationResult:
@@ -125,7 +131,7 @@ class FakeRuntimeAPI:
                 request_id, event, timeout_ms = self._pending.get(timeout=0.1)
             except queue.Empty:
                 continue
-            now = int(time.time() * 1000)
+            now = epoch_ms()
             deadline = now + timeout_ms
             self._handed_out[request_id] = (now, deadline)
             return request_id, event, now, deadline
@@ -133,7 +139,7 @@ class FakeRuntimeAPI:
 
     def _post(self, request_id: str, kind: str, body: Any) -> None:
         handed_out, deadline = self._handed_out.get(request_id, (0, 0))
-        result = InvocationResult(kind, body, handed_out, deadline, int(time.time() * 1000))
+        result = InvocationResult(kind, body, handed_out, deadline, epoch_ms())
         with self._changed:
             self._results[request_id] = result
             self._changed.notify_all()
@@ -149,46 +155,25 @@ class FakeRuntimeAPI:
             self._changed.notify_all()
 
 
-def _make_handler(api: FakeRuntimeAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
+def _make_handler(api: FakeRuntimeAPI) -> type[JsonHandler]:
+    class Handler(JsonHandler):
+        def on_get(self) -> None:
             if self.path == f"{PREFIX}/restore/next":
                 restored = api._await_restore()
-                self._reply(200 if restored else 503, {} if restored else {"error": "stopped"})
+                self.reply(200 if restored else 503, {} if restored else {"error": "stopped"})
                 return
             if self.path != f"{PREFIX}/invocation/next":
-                self._reply(404, {"error": "not found"})
+                self.reply(404, {"error": "not found"})
                 return
             handed = api._next()
             if handed is None:
-                self._reply(503, {"error": "shutting down"})
+                self.reply(503, {"error": "shutting down"})
                 return
             request_id, event, _, deadline = handed
-            body = json.dumps(event).encode()
-            self.send_response(200)
-            for name, value in (
-                ("Content-Type", "application/json"),
-                ("Lambda-Runtime-Aws-Request-Id", request_id),
-                ("Lambda-Runtime-Deadline-Ms", str(deadline)),
-                ("Lambda-Runtime-Invoked-Function-Arn", FUNCTION_ARN),
-                ("Lambda-Runtime-Trace-Id", "Root=1-5e1b4151-5ac6c58f5b5daa6532e4a3c1;Sampled=0"),
-                ("Content-Length", str(len(body))),
-            ):
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_invocation(request_id, deadline, event)
 
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
+        def on_post(self) -> None:
+            body = self.read_body()
             parts = self.path[len(PREFIX):].strip("/").split("/")
             if parts == ["init", "error"]:
                 api._post_init_error(body)
@@ -198,33 +183,20 @@ def _make_handler(api: FakeRuntimeAPI) -> type[BaseHTTPRequestHandler]:
                                                                               "error"):
                 api._post(parts[1], parts[2], body)
             else:
-                self._reply(404, {"error": "not found"})
+                self.reply(404, {"error": "not found"})
                 return
-            self._reply(202, {"status": "OK"})
-
-        def _reply(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(202, {"status": "OK"})
 
     return Handler
 
 
 @dataclass
-class RuntimeProcess:
+class RuntimeProcess(LoggedProcess):
+    """The runtime subprocess; `output()` is what the runtime and the function printed."""
+
     api: FakeRuntimeAPI
     process: subprocess.Popen[bytes]
     log_path: Path
-
-    def output(self) -> str:
-        """Everything the runtime and the function printed so far (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace")
-
-    def wait_exit(self, timeout_s: float = 20.0) -> int:
-        return self.process.wait(timeout_s)
 
 
 @contextmanager
@@ -239,25 +211,12 @@ def lambda_runtime(handler: str, *, env: Mapping[str, str], python_path: Sequenc
     With `snapstart` the runtime initialises for SnapStart (module docstring).
     """
     api = FakeRuntimeAPI(timeout_ms=timeout_ms).start()
-    paths = [str(p) for p in python_path] + ([] if isolated_path else [str(REPO_ROOT)])
-    child_env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_LAMBDA_RUNTIME_API": api.address,
-        "AWS_LAMBDA_FUNCTION_NAME": "amp-test",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/amp-test",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "test",
-        "PYTHONPATH": os.pathsep.join(paths),
-        "PYTHONUNBUFFERED": "1",
-        **({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"} if snapstart else {}),
-        **env,
-    }
+    snapstart_env = {"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"} if snapstart else {}
+    child_env = runtime_environment(api.address, env, python_path, isolated_path=isolated_path,
+                                    extra=snapstart_env)
     log_path = log_dir / f"runtime-{uuid.uuid4().hex[:8]}.log"
-    with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would block the child
-        flags = ["-S"] if isolated_path else []
-        process = subprocess.Popen([sys.executable, *flags, "-m", "awslambdaric", handler],
-                                   env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    process = spawn_logged(runtime_command(handler, isolated_path=isolated_path), env=child_env,
+                           log_path=log_path)
     try:
         yield RuntimeProcess(api, process, log_path)
     finally:
