@@ -276,35 +276,36 @@ class Delivery:
         sink may use the time left but the reserves of the sinks after it: a hanging SQS must
         not take the local spill's time too."""
         sinks = self._route.sinks()
+        why = None  # what the last sink to refuse them said (a spill with no trusted directory)
         for n, sink in enumerate(sinks):
             later = sum(s.reserve_s for s in sinks[n + 1:])
-            left = self._write_to(sink, events, reason, attempts, min_id_length,
-                                  self.deadline.shortened_by(later))
+            left, why = self._write_to(sink, events, reason, attempts, min_id_length,
+                                       self.deadline.shortened_by(later))
             if written := len(events) - len(left):
                 tally.overflowed[reason] += written
                 tally.overflowed_to[sink.name] += written
             events = left
             if not events:
                 return
-        dropped = r.DROPPED_SINK_FAILED if sinks else r.DROPPED_NO_SINK
+        dropped = (why or r.DROPPED_SINK_FAILED) if sinks else r.DROPPED_NO_SINK
         tally.dropped[dropped] += len(events)
         logger.error("amp_lite: %d events dropped (%s, not delivered: %s)", len(events), dropped,
                      reason)
 
     def _write_to(self, sink: OverflowSink, events: Sequence[BufferedEvent], reason: str,
                   attempts: int, min_id_length: int | None,
-                  deadline: Deadline) -> Sequence[BufferedEvent]:
-        """Write to one sink; returns the events it did not take."""
+                  deadline: Deadline) -> tuple[Sequence[BufferedEvent], str | None]:
+        """Write to one sink; returns the events it did not take, and the reason it gave."""
         try:
             sink.write(events, reason=reason, attempts=attempts, deadline=deadline,
                        min_id_length=min_id_length)
         except OverflowWriteError as exc:
             logger.warning("amp_lite: overflow to %s failed: %s", sink.name, exc)
-            return events if exc.unwritten is None else list(exc.unwritten)
+            return (events if exc.unwritten is None else list(exc.unwritten)), exc.drop_reason
         except Exception:
             logger.exception("amp_lite: overflow sink %s raised", sink.name)
-            return events
-        return ()
+            return events, None
+        return (), None
 
     def _claim_spill(self, sinks: tuple[OverflowSink, ...]) -> SpillClaim | None:
         if self.deadline.remaining_s() < self._recovery_min_s:

@@ -50,9 +50,12 @@ class OverflowWriteError(AmpLiteError):
     """An overflow sink could not take (some of) the events it was given.
 
     `unwritten` lists the events it did not write when it wrote the others; None means none
-    were written.
+    were written. `drop_reason` is the reason to count them under when no later sink takes
+    them (None: `sink_failed`).
     """
 
-    def __init__(self, message: str, *, unwritten: Sequence[BufferedEvent] | None = None) -> None:
+    def __init__(self, message: str, *, unwritten: Sequence[BufferedEvent] | None = None,
+                 drop_reason: str | None = None) -> None:
         super().__init__(message)
         self.unwritten = unwritten
+        self.drop_reason = drop_reason

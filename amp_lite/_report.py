@@ -39,6 +39,7 @@ DROPPED_NO_SINK = "no_sink"
 DROPPED_SINK_FAILED = "sink_failed"
 DROPPED_CONFIG = "config_error"
 DROPPED_INTERNAL = "internal_error"
+DROPPED_SPILL_UNTRUSTED = "spill_untrusted"  # no spill directory passes the trust rule (_trust.py)
 
 
 def _frozen(counts: Mapping[str, int]) -> Mapping[str, int]:

@@ -12,6 +12,11 @@ aside, and when.
 Writers flock the directory itself around the cap check and the rename, so `max_bytes` holds
 with concurrent writers; no lock file is left behind. Files of another format version are left
 where they are, for the amp-lite that wrote them.
+
+Every call first checks the directory against the trust rule (_trust.py: owned by this user or
+root, not writable by others, nor are the directories above it). One that fails is never read
+or written again by this LocalSpill: it moves to a private fallback directory, or, when that
+fails too, refuses every write (spill_untrusted) and reads nothing; an ERROR says so once.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .._checks import positive_int
 from .._deadline import Deadline
 from .._errors import OverflowWriteError
 from .._limits import MAX_REQUEST_BYTES
+from .._report import DROPPED_SPILL_UNTRUSTED
 from .._wire import BufferedEvent
 from ._spill_files import (
     CHECK_EVERY,
@@ -58,11 +64,20 @@ from ._spill_files import (
     empty,
     encode,
     flock,
+    make_dir,
     open_regular,
     read_at_most,
     rename_back,
     size_in_name,
     write_all,
+)
+from ._trust import (
+    TrustedDir,
+    UntrustedError,
+    fallback_for,
+    make_private,
+    open_checked,
+    rule,
 )
 
 try:
@@ -71,6 +86,8 @@ except ImportError:  # not POSIX: threads stay safe, processes sharing a directo
     fcntl = None  # type: ignore[assignment]  # abandoned claims are given back by age (STALE_S)
 
 logger = logging.getLogger("amp_lite")
+
+FCHMOD = hasattr(os, "fchmod")  # POSIX (and Windows from Python 3.13)
 
 DEFAULT_SPILL_MAX_BYTES = 16 * 1024 * 1024  # Lambda's /tmp is 512 MB by default; stay modest
 QUARANTINE_KEEP = 32  # files kept aside for a human; past that, an unreadable file is deleted
@@ -130,7 +147,7 @@ class _ClaimDir:
     def __init__(self, spill_dir: Path) -> None:
         self.id = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
         self.path = spill_dir / f"{CLAIM_PREFIX}{self.id}"
-        os.mkdir(self.path, 0o700)
+        make_dir(self.path)
         self._close: Callable[[], object] = lambda: None
         if fcntl is None:
             return
@@ -194,6 +211,9 @@ class LocalSpill:
     Use one directory per client configuration (API key and server): events read back are sent
     with the API key of the client that reads them. `reserve_s` follows the measured cost of
     recent writes; `quarantined` counts the unreadable files this object set aside.
+
+    The directory is used only while it passes the trust rule (_trust.py); otherwise its
+    fallback (`_trust.fallback_for`) is, checked the same way.
     """
 
     name = "local_spill"
@@ -211,9 +231,72 @@ class LocalSpill:
         self._state_lock = threading.Lock()  # quarantined and the two fields below
         self._recovered_at: float | None = None
         self._foreign: set[str] = set()  # files of another format version, seen already
+        self._trust_lock = threading.Lock()  # the four fields below
+        self._at: Path | None = None  # the directory in use, resolved when first found
+        self._fallback: Path | None = None  # set when `directory` failed the rule: used instead
+        self._rejected: str | None = None  # why it failed, until the ERROR says where events go
+        self._refused: str | None = None  # why no directory can be used: writes are refused
 
     def __repr__(self) -> str:
         return f"LocalSpill({str(self.directory)!r}, max_bytes={self.max_bytes})"
+
+    # -- where: the directory, checked ------------------------------------------------------------
+
+    def _checked(self, *, create: bool) -> TrustedDir | None:
+        """The directory this call uses, checked against the trust rule now (a few stat calls)
+        and open: `directory`, or once it failed, its fallback (made at once, so that the ERROR
+        can say where events go). None when it is not there and not `create`: nothing to read.
+        OverflowWriteError (spill_untrusted) when no directory passes; OSError when one cannot
+        be made or looked at."""
+        with self._trust_lock:
+            while self._refused is None:
+                wanted = self._fallback or self.directory
+                at = self._at or Path(os.path.realpath(wanted))
+                make = create or (self._fallback is not None and self._at is None)
+                try:
+                    if make:
+                        make_private(at)
+                    checked = open_checked(at)
+                except FileNotFoundError:
+                    if make:
+                        raise
+                    return None
+                except UntrustedError as why:
+                    self._reject(wanted, why)
+                    continue
+                except OSError as exc:  # cannot be made or looked at (ENOTDIR, EACCES...):
+                    # not a trust matter; for the fallback, the one ERROR says so
+                    self._told(f"its fallback {at} cannot be used ({_describe(exc)})")
+                    raise
+                self._at = at
+                self._told(f"it spills to {at} instead")
+                return checked
+        raise OverflowWriteError(self._refused, drop_reason=DROPPED_SPILL_UNTRUSTED)
+
+    def _reject(self, wanted: Path, why: UntrustedError) -> None:
+        """`wanted` failed the rule: this spill never uses it again. The configured directory
+        gives way to the fallback; the fallback to nothing, said once at ERROR."""
+        self._at = None
+        if self._fallback is None:
+            self._fallback, self._rejected = fallback_for(self.directory), str(why)
+            return
+        before = (f"not {self.directory}: {self._rejected}; nor its fallback"
+                  if self._rejected is not None else "not its fallback")
+        self._refused = (f"the local spill has no directory it trusts ({before} {wanted}: "
+                         f"{why}; {rule()})")
+        logger.error("amp_lite: %s. Events that need the spill are dropped (%s)",
+                     self._refused, DROPPED_SPILL_UNTRUSTED)
+
+    def _told(self, then: str) -> None:
+        """The one ERROR for a rejected `directory`, once what becomes of its events is known."""
+        if self._rejected is not None:
+            logger.error("amp_lite: the local spill does not use %s: %s. It reads nothing from "
+                         "it; %s (%s)", self.directory, self._rejected, then, rule())
+            self._rejected = None
+
+    def _where(self) -> Path:
+        """The directory in use, for messages."""
+        return self._at or self._fallback or self.directory
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -221,7 +304,8 @@ class LocalSpill:
               deadline: Deadline, min_id_length: int | None = None) -> None:
         """Store `events` as one file, or raise OverflowWriteError having stored nothing: when
         the spill is full, when `deadline` leaves less time than such a write takes here,
-        when the directory stays locked by another writer until then, or when the disk fails.
+        when the directory stays locked by another writer until then, when the disk fails, or
+        when no directory passes the trust rule (drop_reason spill_untrusted).
         """
         if not events:
             return
@@ -230,14 +314,16 @@ class LocalSpill:
         content = encode(events, reason, attempts, min_id_length)
         cost = self._list_s + self._writes.estimate(len(content))
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with self._dir_lock(deadline, cost):
+            place = self._checked(create=True)
+            assert place is not None  # create=True: made, or an OSError
+            place.close()  # the lock opens the directory again, and checks it is the same one
+            with self._dir_lock(place, deadline, cost):
                 self._check_time(deadline, cost, len(content))  # the lock may have kept us
-                self._check_room(len(content), deadline)
+                self._check_room(place.path, len(content), deadline)
                 self._check_time(deadline, self._writes.estimate(len(content)), len(content))
-                self._write_file(content)
+                self._write_file(place.path, content)
         except OSError as exc:
-            raise OverflowWriteError(f"local spill write failed in {self.directory}: "
+            raise OverflowWriteError(f"local spill write failed in {self._where()}: "
                                      f"{_describe(exc)}") from exc
 
     def _check_time(self, deadline: Deadline, cost: float, size: int) -> None:
@@ -247,30 +333,33 @@ class LocalSpill:
                 f"{deadline.remaining_s() * 1000:.1f} ms left, a write takes "
                 f"~{cost * 1000:.1f} ms here")
 
-    def _check_room(self, size: int, deadline: Deadline) -> None:
+    def _check_room(self, at: Path, size: int, deadline: Deadline) -> None:
         """Under the directory lock, so that no other writer gets in before the rename."""
         started = time.perf_counter()
-        used = self._scan(include_claimed=False, deadline=deadline)
+        used = self._scan(at, include_claimed=False, deadline=deadline)
         self._listed(time.perf_counter() - started)
         if used + size > self.max_bytes:
             raise OverflowWriteError(
                 f"local spill full: {used} + {size} bytes > max_bytes {self.max_bytes} "
-                f"in {self.directory}")
+                f"in {at}")
 
-    def _write_file(self, content: bytes) -> None:
-        """Temporary file, fsync, atomic rename; the temporary file never outlives a failure."""
+    def _write_file(self, at: Path, content: bytes) -> None:
+        """Temporary file (0600 whatever the umask), fsync, atomic rename; the temporary file
+        never outlives a failure."""
         started = time.perf_counter()
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}-{len(content):010d}{SPILL_SUFFIX}"
-        tmp = self.directory / f"{TMP_PREFIX}{name}"
+        tmp = at / f"{TMP_PREFIX}{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                      0o600)
         try:
             try:
+                if FCHMOD:
+                    os.fchmod(fd, 0o600)  # the umask may have taken bits off: exactly 0600
                 write_all(fd, content)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, self.directory / name)
+            os.rename(tmp, at / name)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -288,9 +377,11 @@ class LocalSpill:
         return min(RESERVE_CEILING_S, max(RESERVE_FLOOR_S, wanted))
 
     @contextlib.contextmanager
-    def _dir_lock(self, deadline: Deadline | None, keep_s: float) -> Iterator[None]:
+    def _dir_lock(self, place: TrustedDir, deadline: Deadline | None,
+                  keep_s: float) -> Iterator[None]:
         """The directory's writer lock (threads, then processes), waiting at most until
-        `keep_s` before `deadline`; TimeoutError after that."""
+        `keep_s` before `deadline`; TimeoutError after that. OSError when the directory is no
+        longer the one checked at the start of the call."""
         wait_s = UNBOUNDED_WAIT_S if deadline is None else deadline.remaining_s() - keep_s
         if not (self._write_lock.acquire(timeout=wait_s) if wait_s > 0
                 else self._write_lock.acquire(blocking=False)):
@@ -299,8 +390,9 @@ class LocalSpill:
             if fcntl is None:
                 yield
                 return
-            fd = os.open(self.directory, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            fd = os.open(place.path, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             try:  # what is left of the wait after the thread lock, not a second one
+                place.check_same(fd)
                 flock(fd, wait_s if deadline is None else deadline.remaining_s() - keep_s)
                 yield
             finally:
@@ -318,15 +410,19 @@ class LocalSpill:
         most one request's worth each), and claims abandoned by a crashed process until they
         are given back. Not counted: the quarantine, and completed claims being deleted."""
         try:
-            return self._scan(include_claimed=include_claimed, deadline=None)
-        except FileNotFoundError:
+            place = self._checked(create=False)
+            if place is None:
+                return 0
+            place.close()
+            return self._scan(place.path, include_claimed=include_claimed, deadline=None)
+        except (FileNotFoundError, OverflowWriteError):  # not there, or no directory trusted
             return 0
 
-    def _scan(self, *, include_claimed: bool, deadline: Deadline | None) -> int:
+    def _scan(self, at: Path, *, include_claimed: bool, deadline: Deadline | None) -> int:
         """Sizes from the names; only a file of another name is stat'ed (an older amp-lite's,
         another version's). TimeoutError when the deadline comes first."""
         total = 0
-        with os.scandir(self.directory) as entries:
+        with os.scandir(at) as entries:
             for count, entry in enumerate(entries, 1):
                 if count % CHECK_EVERY == 0 and deadline is not None and deadline.expired():
                     raise TimeoutError("no time left to measure the spill directory")
@@ -341,10 +437,14 @@ class LocalSpill:
     def pending_files(self) -> list[Path]:
         """Spilled files waiting to be sent, oldest first (names start with a timestamp)."""
         try:
-            names = self._list(None)
-        except FileNotFoundError:
+            place = self._checked(create=False)
+            if place is None:
+                return []
+            names = self._list(place, None)
+        except (FileNotFoundError, OverflowWriteError):  # not there, or no directory trusted
             return []
-        return [self.directory / n for n in self._pending(names + self._recover(names, None))]
+        pending = self._pending(names + self._recover(place, names, None))
+        return [place.path / n for n in pending]
 
     def _pending(self, names: list[str]) -> list[str]:
         with self._state_lock:
@@ -353,14 +453,18 @@ class LocalSpill:
         return sorted(n for n in names if n.endswith(SPILL_SUFFIX) and not n.startswith(".")
                       and n not in foreign)
 
-    def _list(self, budget: Deadline | None) -> list[str]:
-        """The directory's names; a listing cut short by the budget gives what it saw."""
+    def _list(self, place: TrustedDir, budget: Deadline | None) -> list[str]:
+        """The directory's names, read through the descriptor that was checked (then closed);
+        a listing cut short by the budget gives what it saw."""
         names: list[str] = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if len(names) % CHECK_EVERY == 0 and budget is not None and budget.expired():
-                    break
-                names.append(entry.name)
+        try:
+            with os.scandir(place.path if place.fd is None else place.fd) as entries:
+                for entry in entries:
+                    if len(names) % CHECK_EVERY == 0 and budget is not None and budget.expired():
+                        break
+                    names.append(entry.name)
+        finally:
+            place.close()
         return names
 
     # -- claiming -----------------------------------------------------------------------------
@@ -368,34 +472,38 @@ class LocalSpill:
     def claim(self, *, max_events: int, deadline: Deadline | None = None) -> SpillClaim | None:
         """Take spilled files, oldest first, up to `max_events` events (at least one file),
         all tracked with the same min_id_length. With a `deadline`, the claim takes at most
-        CLAIM_SHARE of the time left (listing, claiming, reading) and no file whose reading
-        would not fit. Never raises: problems are logged, unreadable files set aside."""
+        CLAIM_SHARE of the time left (checking, listing, claiming, reading) and no file whose
+        reading would not fit. Never raises: problems are logged, unreadable files set aside;
+        a directory that fails the trust rule is not read."""
         budget = None if deadline is None else Deadline.after(
             CLAIM_SHARE * deadline.remaining_s(), deadline.clock)
         try:
+            place = self._checked(create=False)
+            if place is None:
+                return None
             started = time.perf_counter()
-            names = self._list(budget)
+            names = self._list(place, budget)
             self._listed(time.perf_counter() - started)  # the writes of this flush list too
-            self._delete_done(names, budget)
-            pending = self._pending(names + self._recover(names, budget))
+            self._delete_done(place.path, names, budget)
+            pending = self._pending(names + self._recover(place, names, budget))
             if not pending:
                 return None
-            claim_dir = _ClaimDir(self.directory)
-        except FileNotFoundError:
-            return None
+            claim_dir = _ClaimDir(place.path)
+        except (FileNotFoundError, OverflowWriteError):  # not there, or no directory trusted
+            return None  # (the ERROR saying why was logged when it was decided)
         except OSError as exc:
             logger.warning("amp_lite: could not claim from the local spill in %s (%s)",
-                           self.directory, _describe(exc))
+                           self._where(), _describe(exc))
             return None
         claim = SpillClaim(events=[], attempts=0, _dir=claim_dir)
-        self._fill(claim, claim_dir.path, pending, max_events, budget)
+        self._fill(place, claim, claim_dir.path, pending, max_events, budget)
         if claim._names:
             return claim
         claim.complete()
         return None
 
-    def _fill(self, claim: SpillClaim, into: Path, pending: list[str], max_events: int,
-              budget: Deadline | None) -> None:
+    def _fill(self, place: TrustedDir, claim: SpillClaim, into: Path, pending: list[str],
+              max_events: int, budget: Deadline | None) -> None:
         for name in pending:
             if claim.events and len(claim.events) >= max_events:
                 return
@@ -403,18 +511,19 @@ class LocalSpill:
             if budget is not None and budget.remaining_s() < self._reads.estimate(size):
                 return
             try:
-                if not self._take(name, claim, into, budget):
+                if not self._take(place, name, claim, into, budget):
                     return
             except OSError as exc:  # keep what was claimed before it
                 logger.warning("amp_lite: claiming from the local spill in %s stopped (%s)",
-                               self.directory, _describe(exc))
+                               place.path, _describe(exc))
                 return
 
-    def _take(self, name: str, claim: SpillClaim, into: Path, budget: Deadline | None) -> bool:
+    def _take(self, place: TrustedDir, name: str, claim: SpillClaim, into: Path,
+              budget: Deadline | None) -> bool:
         """Claim the file `name` into `claim`. False when the claim must stop before it: no
         time left to read it, or its events need another min_id_length."""
         try:
-            os.rename(self.directory / name, into / name)
+            os.rename(place.path / name, into / name)
         except OSError:
             return True  # another flush took it, or it is gone
         try:
@@ -422,22 +531,22 @@ class LocalSpill:
         except FileNotFoundError:
             return True
         except OtherVersionError as other:
-            self._leave_foreign(into, name, other, budget)
+            self._leave_foreign(place, into, name, other, budget)
             return True
         except _NoTimeError:
-            self._put_back(into, [name], budget, anyway=True)
+            self._put_back(place, into, [name], budget, anyway=True)
             return False
         except OSError as exc:
             if exc.errno in _NOT_THE_FILES_FAULT:
-                self._put_back(into, [name], budget, anyway=True)
+                self._put_back(place, into, [name], budget, anyway=True)
                 raise
-            claim.quarantined += self._set_aside(into / name, _describe(exc))
+            claim.quarantined += self._set_aside(place.path, into / name, _describe(exc))
             return True
         except UnreadableError as bad:
-            claim.quarantined += self._set_aside(into / name, _describe(bad))
+            claim.quarantined += self._set_aside(place.path, into / name, _describe(bad))
             return True
         if claim._names and spill_file.min_id_length != claim.min_id_length:
-            self._put_back(into, [name], budget, anyway=True)
+            self._put_back(place, into, [name], budget, anyway=True)
             return False
         claim._add(name, spill_file)
         return True
@@ -460,20 +569,20 @@ class LocalSpill:
         self._reads.record(len(data), time.perf_counter() - started)
         return spill_file
 
-    def _leave_foreign(self, into: Path, name: str, other: OtherVersionError,
+    def _leave_foreign(self, place: TrustedDir, into: Path, name: str, other: OtherVersionError,
                        budget: Deadline | None) -> None:
-        self._put_back(into, [name], budget, anyway=True)
+        self._put_back(place, into, [name], budget, anyway=True)
         with self._state_lock:
             self._foreign.add(name)
         logger.warning("amp_lite: spill file %r is in format version %s, not %d: left in place "
                        "for the amp-lite that wrote it", name, other, SPILL_FORMAT_VERSION)
 
-    def _set_aside(self, path: Path, reason: str) -> int:
+    def _set_aside(self, at: Path, path: Path, reason: str) -> int:
         """Move an unreadable file to quarantine/ for a human (deleted instead once that holds
         QUARANTINE_KEEP files), so that it never costs a flush again. Returns 1."""
-        aside = self.directory / QUARANTINE_DIR
+        aside = at / QUARANTINE_DIR
         try:
-            aside.mkdir(mode=0o700, exist_ok=True)
+            make_dir(aside, exist_ok=True)
             if len(os.listdir(aside)) < QUARANTINE_KEEP or path.is_dir():
                 os.rename(path, aside / path.name)
                 done = f"moved to {QUARANTINE_DIR}/"
@@ -487,26 +596,26 @@ class LocalSpill:
         logger.error("amp_lite: unreadable spill file %r (%s), %s", path.name, reason, done)
         return 1
 
-    def _put_back(self, source: Path, names: list[str], budget: Deadline | None, *,
-                  anyway: bool = False) -> list[str]:
+    def _put_back(self, place: TrustedDir, source: Path, names: list[str],
+                  budget: Deadline | None, *, anyway: bool = False) -> list[str]:
         """Rename claimed files back into the spill. Under the writer lock, as they count
         against max_bytes again. While it stays busy, an abandoned claim stays as it is (a
         later recovery gives it back); a file taken by a claim in progress goes back `anyway`
         (the claim would delete it): a writer may then pass the cap by that file, once.
         Returns the names given back."""
         try:
-            with self._dir_lock(budget, 0.0):
-                return rename_back(source, names, self.directory)
+            with self._dir_lock(place, budget, 0.0):
+                return rename_back(source, names, place.path)
         except OSError as exc:  # TimeoutError (busy), or no descriptor left for the lock
             if anyway:  # a rename needs no descriptor; the claim would delete the file
-                return rename_back(source, names, self.directory)
+                return rename_back(source, names, place.path)
             if not isinstance(exc, TimeoutError):
                 logger.warning("amp_lite: could not give spill files back (%s)", _describe(exc))
         return []
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def _recover(self, names: list[str], budget: Deadline | None) -> list[str]:
+    def _recover(self, place: TrustedDir, names: list[str], budget: Deadline | None) -> list[str]:
         """At most every RECOVERY_INTERVAL_S: give back abandoned claims, remove temporary
         files a crash left. Returns the names given back."""
         now = time.monotonic()
@@ -514,60 +623,63 @@ class LocalSpill:
             if self._recovered_at is not None and now - self._recovered_at < RECOVERY_INTERVAL_S:
                 return []
             self._recovered_at = now
-        given = self._remove_stale(names)
+        given = self._remove_stale(place.path, names)
         claims = sorted(n for n in names if n.startswith(CLAIM_PREFIX))
         for name in claims[:RECOVERY_MAX]:
-            given += self._give_back_if_abandoned(name, budget)
+            given += self._give_back_if_abandoned(place, name, budget)
         return given
 
-    def _give_back_if_abandoned(self, name: str, budget: Deadline | None) -> list[str]:
-        path, claim_id = self.directory / name, name[len(CLAIM_PREFIX):]
+    def _give_back_if_abandoned(self, place: TrustedDir, name: str,
+                                budget: Deadline | None) -> list[str]:
+        path, claim_id = place.path / name, name[len(CLAIM_PREFIX):]
         if fcntl is None:
-            return self._give_back(path, claim_id, budget) if age_s(claim_id) > STALE_S else []
+            return (self._give_back(place, path, claim_id, budget) if age_s(claim_id) > STALE_S
+                    else [])
         try:
             fd = os.open(path, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         except OSError:
             return []  # completed meanwhile (renamed .done-), or not ours
         try:
-            return self._give_back(path, claim_id, budget) if abandoned(fd, path) else []
+            return self._give_back(place, path, claim_id, budget) if abandoned(fd, path) else []
         finally:
             os.close(fd)
 
-    def _give_back(self, path: Path, claim_id: str, budget: Deadline | None) -> list[str]:
+    def _give_back(self, place: TrustedDir, path: Path, claim_id: str,
+                   budget: Deadline | None) -> list[str]:
         with contextlib.suppress(OSError):
             inside = os.listdir(path)
             if not inside and age_s(claim_id) < STALE_S:
                 return []  # maybe a claim being made: its directory comes before its lock
-            given = self._put_back(path, inside, budget)
+            given = self._put_back(place, path, inside, budget)
             if len(given) == len(inside):
                 path.rmdir()
             return given
         return []
 
-    def _remove_stale(self, names: list[str]) -> list[str]:
+    def _remove_stale(self, at: Path, names: list[str]) -> list[str]:
         """Temporary files older than STALE_S are deleted; an older amp-lite's claims older
         than that are given back (its rule). Returns the names given back."""
         stale = [n for n in names if (n.startswith(TMP_PREFIX) and
                  age_s(n[len(TMP_PREFIX):]) > STALE_S) or LEGACY_CLAIM_MARK in n]
         given: list[str] = []
         for name in stale[:RECOVERY_MAX]:
-            path = self.directory / name
+            path = at / name
             with contextlib.suppress(OSError):
                 if name.startswith(TMP_PREFIX):
                     path.unlink()
                 elif time.time() - os.lstat(path).st_mtime > STALE_S:
                     original = name.partition(LEGACY_CLAIM_MARK)[0]
-                    os.rename(path, self.directory / original)
+                    os.rename(path, at / original)
                     given.append(original)
         return given
 
-    def _delete_done(self, names: list[str], budget: Deadline | None) -> None:
+    def _delete_done(self, at: Path, names: list[str], budget: Deadline | None) -> None:
         """Finish deleting completed claims that their flush had no time left to empty."""
         for name in [n for n in names if n.startswith(DONE_PREFIX)][:RECOVERY_MAX]:
             if budget is not None and budget.expired():
                 return
             with contextlib.suppress(OSError):
-                empty(self.directory / name, os.listdir(self.directory / name), budget)
+                empty(at / name, os.listdir(at / name), budget)
 
 
 def _describe(exc: BaseException) -> str:

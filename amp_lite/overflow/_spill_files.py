@@ -166,6 +166,18 @@ def rename_back(source: Path, names: list[str], spill_dir: Path) -> list[str]:
     return given
 
 
+def make_dir(path: str | Path, *, exist_ok: bool = False) -> None:
+    """A directory of mode 0700 exactly, whatever the umask (which could only remove bits from
+    mkdir's mode, the owner's too). An existing one is left as it is when `exist_ok`."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if exist_ok:
+            return
+        raise
+    os.chmod(path, 0o700)
+
+
 def write_all(fd: int, content: bytes) -> None:
     view = memoryview(content)
     while view:
