@@ -14,9 +14,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import monotonic  # not `import time`: track() has a `time` parameter
 from typing import TYPE_CHECKING, Any
 
-from . import _snapstart
 from ._checks import positive_seconds
-from ._config import ENV_EXTENSION, ClientConfig, ClientOptions, redacted_url
+from ._config import (
+    ENV_EXTENSION,
+    ENV_INITIALIZATION_TYPE,
+    SNAP_START,
+    ClientConfig,
+    ClientOptions,
+    redacted_url,
+)
 from ._deadline import Deadline
 from ._delivery import Delivery, Route, bound, overflow_early, undeliverable
 from ._encoder import EventEncoder
@@ -79,7 +85,10 @@ class Amplitude:
         self._scopes = Scopes(f"amp_lite_scope_{id(self)}")
         self._route = Route(self.config, check_overflow(overflow), transport)
         self._handoff = _handoff_if_enabled(self._route, overflow, transport)
-        _snapstart.enroll(self)  # under Lambda SnapStart only: flushed and closed before snapshot
+        if os.environ.get(ENV_INITIALIZATION_TYPE) == SNAP_START:  # Lambda SnapStart only
+            from . import _snapstart  # flushed and closed before the snapshot
+
+            _snapstart.enroll(self)
 
     def __repr__(self) -> str:
         key = ("set" if self.config.api_key else

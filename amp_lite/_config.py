@@ -42,6 +42,8 @@ ENV_FLUSH_TIMEOUT = "AMP_LITE_FLUSH_TIMEOUT_S"
 ENV_ENABLED = "AMP_LITE_ENABLED"
 ENV_SPILL_DIR = "AMP_LITE_SPILL_DIR"
 ENV_QUEUE_URL = "AMP_LITE_OVERFLOW_QUEUE_URL"
+ENV_INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"  # set by Lambda in every sandbox
+SNAP_START = "snap-start"  # its value when the init is snapshotted (Lambda SnapStart)
 ENV_EXTENSION = "AMP_LITE_EXTENSION"  # "on": hand scopes' events to the Lambda extension
 
 MISSING_API_KEY = (f"no Amplitude API key: pass api_key=... to Amplitude() or set "

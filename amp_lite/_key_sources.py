@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._aws_http import bounded_by, bounded_client
 from ._config import ENV_API_KEY, checked_api_key
 from ._deadline import Deadline
 from ._errors import ConfigError, KeyUnavailableError
@@ -67,6 +66,8 @@ class SecretFetcher:
             raise KeyUnavailableError(f"{self.label}: no time left in this flush to fetch the "
                                       "API key")
         provider = self._provider(deadline.remaining_s())
+        from ._aws_http import bounded_by  # loaded with the first fetch, as boto3 is
+
         try:
             with bounded_by(deadline):  # the whole request, connect to last byte
                 if self.variable == ENV_API_KEY_SECRET:
@@ -93,6 +94,8 @@ class SecretFetcher:
         except ImportError as exc:
             raise ConfigError(f"{self.variable} is set but aws-lambda-powertools (with boto3) "
                               "is not installed: pip install 'amp-lite[powertools,sqs]'") from exc
+        from ._aws_http import bounded_client
+
         secret = self.variable == ENV_API_KEY_SECRET
         client = bounded_client("secretsmanager" if secret else "ssm", region=None,
                                 timeout_s=timeout_s)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _retry
+from ._config import ENV_INITIALIZATION_TYPE, SNAP_START
 from ._deadline import Deadline
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("amp_lite")
 
-ENV_INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"  # set by Lambda in every sandbox
-SNAP_START = "snap-start"
 HOOKS_MODULE = "snapshot_restore_py"  # AWS's, in the Lambda Python runtime (awslambdaric needs it)
 SEED_BYTES = 32
 
