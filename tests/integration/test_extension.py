@@ -286,8 +286,10 @@ def test_layer_canary_with_the_extension(tmp_path: Path, code_dir: Path,
     subprocess.run([sys.executable, str(REPO_ROOT / "layers" / "build.py"), "--python",
                     runtime, "--extension", "--output", str(built)],
                    check=True, capture_output=True, timeout=600)
+    assert built.stat().st_size < 800 * 1024  # the plain layer's gate (test_layer.py)
     opt = tmp_path / "opt"
     with zipfile.ZipFile(built) as archive:
+        assert oct(archive.getinfo("extensions/amp-lite").external_attr >> 16) == "0o100755"
         archive.extractall(opt)
         for info in archive.infolist():  # zipfile does not restore modes
             (opt / info.filename).chmod(info.external_attr >> 16 & 0o777)
