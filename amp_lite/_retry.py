@@ -56,7 +56,7 @@ class SendOutcome(Value):
     _fields = ("delivered", "rejected", "unsettled", "attempts", "refused")
     __slots__ = _fields
 
-    def __init__(self, *, delivered: list[BufferedEvent] | None = None,
+    def __init__(self, delivered: list[BufferedEvent] | None = None,
                  rejected: dict[str, list[BufferedEvent]] | None = None,
                  unsettled: dict[str, list[BufferedEvent]] | None = None, attempts: int = 0,
                  refused: str | None = None) -> None:
@@ -95,6 +95,7 @@ class Attempt(FrozenValue):
 
     _fields = ("batch",)
     __slots__ = _fields
+    __match_args__ = _fields
     batch: list[BufferedEvent]
 
     def __init__(self, batch: list[BufferedEvent]) -> None:
@@ -106,6 +107,7 @@ class Pause(FrozenValue):
 
     _fields = ("seconds",)
     __slots__ = _fields
+    __match_args__ = _fields
     seconds: float
 
     def __init__(self, seconds: float) -> None:

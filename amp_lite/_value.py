@@ -11,6 +11,7 @@ strategies with `@dataclass`, and the config's options are dataclass fields.
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError  # loaded anyway: the strategies are dataclasses
 from typing import Any, ClassVar
 
 
@@ -40,6 +41,17 @@ class Value:
                           if name not in self._unshown)
         return f"{type(self).__qualname__}({shown})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle: rebuilt field by field, past a frozen __setattr__
+        return _rebuild, (type(self), tuple(getattr(self, name) for name in self._fields))
+
+
+def _rebuild(cls: type[Value], values: tuple[Any, ...]) -> Value:
+    value = cls.__new__(cls)
+    for name, field_value in zip(cls._fields, values, strict=True):
+        object.__setattr__(value, name, field_value)
+    return value
+
 
 class FrozenValue(Value):
     """A Value that cannot change after `__init__` (which sets it with `_set`); hashable."""
@@ -51,10 +63,10 @@ class FrozenValue(Value):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+        raise FrozenInstanceError(f"{type(self).__name__} is immutable: cannot set {name!r}")
 
     def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+        raise FrozenInstanceError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(self._compared())

@@ -195,3 +195,25 @@ def test_each_option_is_declared_once_and_documented() -> None:
     first_cells = re.findall(r"^\| ([^|]+) \|", README.read_text(), flags=re.MULTILINE)
     rows = {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
     assert keywords - rows == set()
+
+
+def test_value_types_copy_pickle_match_and_stay_frozen() -> None:
+    # what the dataclasses they replaced did (amp_lite._value)
+    import copy
+    import dataclasses
+    import pickle
+
+    from amp_lite import Deadline, Plan, Reply, SendOutcome
+
+    reply = Reply(429, {"code": 429}, retry_after_s=2.0)
+    for value in (reply, Deadline(5.0), Plan(branch="main", version_id="v1")):
+        assert pickle.loads(pickle.dumps(value)) == value
+        assert copy.copy(value) == value and copy.deepcopy(value) == value
+    match reply:
+        case Reply(429, body):
+            assert body == {"code": 429}
+        case _:
+            raise AssertionError("Reply no longer matches by position")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        reply.error = "timeout"  # type: ignore[misc]
+    assert SendOutcome([], {}, {}, 1).attempts == 1  # positional, as before
