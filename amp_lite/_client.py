@@ -44,7 +44,7 @@ from ._scope import EventBuffer, Invocation, Scopes, TimeLeft, from_milliseconds
 from ._transport import Transport
 from ._wire import BufferedEvent
 from .overflow import OverflowSink
-from .overflow._defaults import check_overflow, spill_digest
+from .overflow._defaults import check_overflow
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -84,7 +84,7 @@ class Amplitude:
         self._encoder = EventEncoder(self.config)
         self._scopes = Scopes(f"amp_lite_scope_{id(self)}")
         self._route = Route(self.config, check_overflow(overflow), transport)
-        self._handoff = _handoff_if_enabled(self._route, overflow, transport)
+        self._handoff = _handoff_if_enabled(self._route, overflow, transport, retry)
         if os.environ.get(ENV_INITIALIZATION_TYPE) == SNAP_START:  # Lambda SnapStart only
             from . import _snapstart  # flushed and closed before the snapshot
 
@@ -283,10 +283,11 @@ class Amplitude:
         dropped instead (a scope's exit)."""
         started = monotonic()
         if not self.config.enabled:
+            self._handed_off([], request_id, deadline)  # the extension stops waiting
             return DeliveryReport()
         buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))
-        if self._handed_off(events, request_id):
+        if self._handed_off(events, request_id, deadline):
             tally.handed_off = len(events)
         elif events or self._route.api_key_known():  # else: reading the spill back needs the key
             try:
@@ -298,17 +299,17 @@ class Amplitude:
     async def _aflush_buffer(self, buffer: EventBuffer, deadline: Deadline, *,
                              raise_config_error: bool = False, adopt: EventBuffer | None = None,
                              request_id: str | None = None) -> DeliveryReport:
-        """`_flush_buffer`, awaited; the sync one when the async flush cannot await (or the
-        events go to the extension: a local write, well under a millisecond)."""
-        if not self.config.enabled:
-            return DeliveryReport()
-        if not self._route.can_await() or (self._handoff and request_id):
+        """`_flush_buffer`, awaited; the sync one when the async flush cannot await. A hand-off
+        to the extension is not awaited: one local write, its answer within a few ms."""
+        if not self.config.enabled or not self._route.can_await():
             return self._flush_buffer(buffer, deadline, raise_config_error=raise_config_error,
                                       adopt=adopt, request_id=request_id)
         started = monotonic()
         buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))
-        if events or self._route.api_key_known():
+        if self._handed_off(events, request_id, deadline):
+            tally.handed_off = len(events)
+        elif events or self._route.api_key_known():
             try:
                 tally = await Delivery(self._route, deadline).arun(events, self._retry)
             except ConfigError as exc:
@@ -324,13 +325,14 @@ class Amplitude:
         except ConfigError as exc:
             return undeliverable(self._route, events, exc, deadline)
 
-    def _handed_off(self, events: list[BufferedEvent], request_id: str | None) -> bool:
+    def _handed_off(self, events: list[BufferedEvent], request_id: str | None,
+                    deadline: Deadline) -> bool:
         """Whether the Lambda extension took the invocation's events (even none: so that it
         knows they are complete). Only a scope's flush in a Lambda invocation hands off."""
         if self._handoff is None or request_id is None:
             return False
         return self._handoff.send(events, request_id=request_id,
-                                  min_id_length=self.config.min_id_length)
+                                  min_id_length=self.config.min_id_length, deadline=deadline)
 
     def _without_key(self, exc: ConfigError, buffer: EventBuffer, events: list[BufferedEvent],
                      deadline: Deadline, raise_config_error: bool) -> Tally:
@@ -354,18 +356,22 @@ class Amplitude:
         return report
 
 
-def _handoff_if_enabled(route: Route, overflow: object,
-                        transport: Transport | None) -> HandOff | None:
-    """The hand-off to the Lambda extension, with AMP_LITE_EXTENSION=on, for a client the
-    extension can stand in for: the default transport and overflow, and a key (the extension
-    refuses a client whose key and server are not its own)."""
-    if not os.environ.get(ENV_EXTENSION) or route.identity is None:
+def _handoff_if_enabled(route: Route, overflow: object, transport: Transport | None,
+                        retry: Retry | None) -> HandOff | None:
+    """With AMP_LITE_EXTENSION=on, the hand-off to the Lambda extension. It carries the
+    client's signature when the extension can stand in for it (a key, the default transport,
+    overflow and retry strategy; the extension takes it only if its own signature is the
+    same), else none: then it only tells the extension that the scope ended."""
+    if not os.environ.get(ENV_EXTENSION):
         return None
-    from ._handoff import HandOff, enabled  # loads only where the extension is enabled
+    from ._handoff import HandOff, client_signature, enabled  # only where it is enabled
 
-    if not enabled(os.environ) or overflow is not None or transport is not None:
+    if not enabled(os.environ):
         return None
-    return HandOff.from_environment(spill_digest(route.identity, route.config.server_url))
+    standard = overflow is None and transport is None and retry is None
+    identity = route.identity if standard else None
+    return HandOff.from_environment(client_signature(identity, route.config)
+                                    if identity is not None else None)
 
 
 def _take(buffer: EventBuffer, adopt: EventBuffer | None,

@@ -15,7 +15,7 @@ class Deadline(FrozenValue):
 
     _fields = ("expires_at", "clock")
     __slots__ = _fields
-    __match_args__ = _fields
+    __match_args__ = ("expires_at", "clock")
     _unshown = _uncompared = frozenset({"clock"})
     expires_at: float
     clock: Clock

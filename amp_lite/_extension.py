@@ -22,6 +22,7 @@ Docs: https://docs.aws.amazon.com/lambda/latest/dg/runtimes-extensions-api.html
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _handoff as h
@@ -39,7 +40,6 @@ from ._deadline import Deadline
 from ._errors import AmpLiteError
 from ._report import DeliveryReport, Tally
 from ._wire import BufferedEvent
-from .overflow._defaults import spill_digest
 
 logger = logging.getLogger("amp_lite")
 
@@ -49,6 +49,8 @@ DEFAULT_MARGIN_MS = 500.0  # as the decorator's: time kept back from the invocat
 SHUTDOWN_MARGIN_S = 0.2  # Lambda kills what still runs at the shutdown deadline
 READ_TIMEOUT_S = 1.0  # one hand-off: the function writes it at once
 MAX_ROUNDS = 100  # flushes of max_request_events per invocation (a backlog drains over several)
+MIN_FLUSH_S = 0.25  # less than this left: events wait in the journal for the next flush
+SHUTDOWN_FALLBACK_S = 1.0  # a SHUTDOWN without a deadline: Lambda's shortest budget is 500 ms
 JOURNAL_NAME = "journal"  # next to the socket
 
 
@@ -102,13 +104,15 @@ class ExtensionsAPI:
 
 
 class Invoke:
-    """The invocation being served: its request id and deadline (epoch ms, on a monotonic
-    clock here), less the margin."""
+    """The invocation being served: its request id and deadline (epoch ms on the wire, a
+    monotonic one here), less the margin. ValueError when the event is not one."""
 
     def __init__(self, event: Mapping[str, Any], margin_s: float) -> None:
-        self.request_id = str(event.get("requestId"))
-        left_s = float(event["deadlineMs"]) / 1000 - time.time()
-        self.deadline = Deadline.after(left_s - margin_s)
+        request_id, deadline_ms = event.get("requestId"), event.get("deadlineMs")
+        if not isinstance(request_id, str) or not isinstance(deadline_ms, (int, float)):
+            raise ValueError(f"an INVOKE without requestId or deadlineMs: {dict(event)!r}")
+        self.request_id = request_id
+        self.deadline = Deadline.after(deadline_ms / 1000 - time.time() - margin_s)
 
 
 class Journal:
@@ -120,10 +124,23 @@ class Journal:
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
         self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
 
-    def append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+    def append(self, data: bytes) -> int:
+        """Append one record; returns where it starts (for `truncate`). Raises OSError having
+        left nothing of it."""
+        start = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            self.truncate(start)
+            raise
+        return start
+
+    def truncate(self, size: int) -> None:
+        """Drop what was appended past `size` (a record whose acknowledgement failed)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, size)
 
     def clear(self) -> None:
         os.ftruncate(self._fd, 0)
@@ -147,20 +164,21 @@ class Journal:
 
 class Extension:
     """Hand-offs in (`accept`), flushes out (`deliver`), for one client configured from the
-    function's environment; with no usable client it refuses every hand-off (the function
-    then delivers its own events)."""
+    function's environment. With no usable client it refuses every hand-off and holds no
+    invocation (the function then delivers its own events)."""
 
     def __init__(self, client: Amplitude | None, listener: socket.socket, journal: Journal, *,
                  margin_s: float) -> None:
-        self.client = client
+        self.client = client if client is not None and client.config.enabled else None
         self.listener = listener
         self.journal = journal
         self.margin_s = margin_s
-        identity = client._route.identity if client is not None else None
-        self.identity = (spill_digest(identity, client.config.server_url)
-                         if client is not None and identity else None)
+        identity = self.client._route.identity if self.client is not None else None
+        self.signature = (h.client_signature(identity, self.client.config)
+                          if self.client is not None and identity else None)
         self.handed: dict[str, int] = {}  # request id -> events taken (hand-offs complete)
         self.pending: list[BufferedEvent] = []  # taken, not yet flushed
+        self._said: set[str] = set()  # refusals logged at WARNING once each
         for message in journal.recover():
             self.pending.extend(message.events)
         if self.pending:
@@ -173,48 +191,50 @@ class Extension:
     def accept(self) -> None:
         connection, _ = self.listener.accept()
         with connection:
-            connection.settimeout(READ_TIMEOUT_S)
             try:
-                data = _read_message(connection)
+                data = _read_message(connection, Deadline.after(READ_TIMEOUT_S))
                 message = h.decode(data[h.LENGTH.size:])
             except (OSError, h.BadMessageError) as exc:
-                logger.warning("amp_lite extension: unreadable hand-off (%s): refused", exc)
+                self._refuse("unreadable", f"unreadable hand-off ({exc})")
                 with contextlib.suppress(OSError):
                     connection.sendall(h.REFUSED)
                 return
-            taken = self.take(message, data)
+            start = self.take(message, data)
+            taken = start is not None
             self.handed[message.request_id] = (self.handed.get(message.request_id, 0)
                                                + (len(message.events) if taken else 0))
             try:
                 connection.sendall(h.ACCEPTED if taken else h.REFUSED)
             except OSError:  # it stopped waiting: it delivers them itself
-                if taken:
+                if start is not None:
                     del self.pending[len(self.pending) - len(message.events):]
+                    self.journal.truncate(start)
                     self.handed[message.request_id] -= len(message.events)
                 logger.info("amp_lite extension: the function left before the answer to its "
                             "hand-off and delivers those events itself")
 
-    def take(self, message: h.Message, data: bytes) -> bool:
-        """Journal the hand-off and hold its events: True; or refuse it (logged why)."""
-        if self.client is None:
-            return False
-        if message.identity != self.identity:
-            logger.warning("amp_lite extension: a hand-off from a client with another key or "
-                           "server than this extension's environment: refused")
-            return False
-        if message.min_id_length != self.client.config.min_id_length:
-            logger.warning("amp_lite extension: a hand-off with min_id_length %s, not %s: "
-                           "refused", message.min_id_length, self.client.config.min_id_length)
-            return False
-        if message.events:
-            try:
-                self.journal.append(data)
-            except OSError as exc:
-                logger.warning("amp_lite extension: could not journal a hand-off (%s): "
-                               "refused", exc)
-                return False
-            self.pending.extend(message.events)
-        return True
+    def take(self, message: h.Message, data: bytes) -> int | None:
+        """Journal the hand-off and hold its events: where its journal record starts; or None
+        when it is refused (logged why) or holds nothing."""
+        if not message.events:
+            return None  # the scope ended: nothing to take (or a client not served here)
+        if self.signature is None or message.identity != self.signature:
+            self._refuse("client", "a hand-off from a client configured otherwise than this "
+                         "extension's environment (key, server or delivery options): refused; "
+                         "the function delivers its events")
+            return None
+        try:
+            start = self.journal.append(data)
+        except OSError as exc:
+            self._refuse("journal", f"could not journal a hand-off ({exc}): refused")
+            return None
+        self.pending.extend(message.events)
+        return start
+
+    def _refuse(self, reason: str, message: str) -> None:
+        level = logging.INFO if reason in self._said else logging.WARNING
+        self._said.add(reason)
+        logger.log(level, "amp_lite extension: %s", message)
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -239,13 +259,23 @@ class Extension:
         return total.report((time.monotonic() - started) * 1000)
 
     def finish(self, invoke: Invoke) -> None:
-        if invoke.request_id not in self.handed:
+        if self.client is not None and invoke.request_id not in self.handed:
             logger.warning("amp_lite extension: no hand-off for invocation %s before its "
                            "deadline (is the handler decorated with @amplitude_flush, or "
                            "wrapped by amp_lite.aws_lambda.handler?)", invoke.request_id)
         handed = self.handed.pop(invoke.request_id, 0)
         self.handed.clear()  # hand-offs that came late, from earlier invocations: flushed too
-        report = self.deliver(invoke.deadline)
+        if self.client is None:
+            return
+        deadline = _earlier(invoke.deadline, self.client.config.flush_timeout_s)
+        if self.pending and deadline.remaining_s() < MIN_FLUSH_S:
+            # too late to send; overflowing needs time too: the journal keeps them for the
+            # next invocation's flush, or the SHUTDOWN's
+            logger.info("amp_lite extension: %.0f ms left in invocation %s: its %d events "
+                        "wait for the next flush", deadline.remaining_s() * 1000,
+                        invoke.request_id, len(self.pending))
+            return
+        report = self.deliver(deadline)
         # `handed_off`: what this invocation handed over; `tracked`, `recovered` and the rest:
         # what this flush did with it, with late hand-offs and with the spill read back
         summary = {**report.summary(), "request_id": invoke.request_id, "handed_off": handed}
@@ -255,55 +285,90 @@ class Extension:
     # -- the loop ---------------------------------------------------------------------------
 
     def serve(self, api: ExtensionsAPI) -> int:
+        """Until SHUTDOWN (0), or until the Extensions API fails (1: Lambda then resets the
+        environment; what the journal holds goes with the next extension's first flush)."""
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ, "handoff")
-        api.ask_next()
-        api_sock = api.sock
-        selector.register(api_sock, selectors.EVENT_READ, "api")
         invoke: Invoke | None = None
-        while True:
-            timeout = None if invoke is None else invoke.deadline.remaining_s()
-            for key, _ in selector.select(timeout):
-                if key.data == "handoff":
-                    self.accept()
-                    continue
-                event = api.event()
-                if event is None:  # more of the answer to come
-                    continue
-                if event.get("eventType") == "SHUTDOWN":
-                    self.shutdown(event)
-                    return 0
-                invoke = Invoke(event, self.margin_s)
-            if invoke is not None and (invoke.request_id in self.handed
-                                       or invoke.deadline.expired()):
-                self.finish(invoke)
-                invoke = None
-                api.ask_next()
-                if api.sock is not api_sock:  # the API closed the connection: a new one
-                    selector.unregister(api_sock)
-                    api_sock = api.sock
-                    selector.register(api_sock, selectors.EVENT_READ, "api")
+        try:
+            api.ask_next()
+            api_sock = api.sock
+            selector.register(api_sock, selectors.EVENT_READ, "api")
+            while True:
+                timeout = None if invoke is None else invoke.deadline.remaining_s()
+                for key, _ in selector.select(timeout):
+                    if key.data == "handoff":
+                        self._guarded(self.accept)
+                        continue
+                    event = api.event()
+                    if event is None:  # more of the answer to come
+                        continue
+                    if event.get("eventType") == "SHUTDOWN":
+                        self._guarded(functools.partial(self.shutdown, event))
+                        return 0
+                    invoke = Invoke(event, self.margin_s)
+                if invoke is not None and (self.client is None
+                                           or invoke.request_id in self.handed
+                                           or invoke.deadline.expired()):
+                    self._guarded(functools.partial(self.finish, invoke))
+                    invoke = None
+                    api.ask_next()
+                    if api.sock is not api_sock:  # the API closed the connection: a new one
+                        selector.unregister(api_sock)
+                        api_sock = api.sock
+                        selector.register(api_sock, selectors.EVENT_READ, "api")
+        except (OSError, ValueError, RuntimeError) as exc:
+            logger.error("amp_lite extension: the Extensions API failed (%s); exiting",
+                         _describe(exc))
+            return 1
+
+    @staticmethod
+    def _guarded(step: Callable[[], object]) -> None:
+        """A failure of one hand-off or flush must not end the extension (Lambda would fail
+        the invocation): logged, and the loop goes on."""
+        try:
+            step()
+        except Exception:
+            logger.exception("amp_lite extension: internal error")
 
     def shutdown(self, event: Mapping[str, Any]) -> None:
-        left_s = float(event.get("deadlineMs", 0)) / 1000 - time.time()
+        deadline_ms = event.get("deadlineMs")
+        left_s = (float(deadline_ms) / 1000 - time.time()
+                  if isinstance(deadline_ms, (int, float)) else SHUTDOWN_FALLBACK_S)
         report = self.deliver(Deadline.after(left_s - SHUTDOWN_MARGIN_S))
         summary = {"shutdown": event.get("shutdownReason"), **report.summary()}
         logger.info("amp_lite extension shutdown %s", json.dumps(summary, sort_keys=True),
                     extra={FLUSH_LOG_FIELD: summary})
 
 
-def _read_message(connection: socket.socket) -> bytes:
-    """One hand-off as it came: its length prefix, then the message."""
-    header = _read_exactly(connection, h.LENGTH.size)
+def _earlier(deadline: Deadline, seconds: float | None) -> Deadline:
+    """`deadline`, or `seconds` from now if that comes first (the client's flush_timeout_s)."""
+    if seconds is None:
+        return deadline
+    cap = Deadline.after(seconds)
+    return cap if cap.expires_at < deadline.expires_at else deadline
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_message(connection: socket.socket, deadline: Deadline) -> bytes:
+    """One hand-off as it came, its length prefix first, read by `deadline`: a function that
+    writes slowly cannot hold the extension's one loop."""
+    header = _read_exactly(connection, h.LENGTH.size, deadline)
     (length,) = h.LENGTH.unpack(header)
     if length > h.MAX_MESSAGE_BYTES:
         raise h.BadMessageError(f"{length} bytes: more than a hand-off may hold")
-    return header + _read_exactly(connection, length)
+    return header + _read_exactly(connection, length, deadline)
 
 
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
+def _read_exactly(connection: socket.socket, size: int, deadline: Deadline) -> bytes:
     chunks, left = [], size
     while left:
+        if deadline.expired():
+            raise TimeoutError("the hand-off did not arrive in time")
+        connection.settimeout(deadline.remaining_s())
         chunk = connection.recv(min(left, 1 << 20))
         if not chunk:
             raise h.BadMessageError(f"the function closed the connection {left} bytes short")
@@ -322,6 +387,8 @@ def listen(path: str) -> socket.socket:
         raise OSError(f"{directory}: must be a directory of uid {os.getuid()} with mode 0700 "
                       f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
     with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(f"{path}: exists and is not a socket; not removed")
         os.unlink(path)  # a socket left by an extension that was killed
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -354,16 +421,38 @@ def _margin_s(env: Mapping[str, str]) -> float:
 
 
 def run(identifier: str) -> int:
-    """The extension after registration; returns its exit status (at SHUTDOWN)."""
+    """The extension after registration; returns its exit status (at SHUTDOWN). If it cannot
+    set up (its socket, its journal), it logs why and holds no invocation: exiting would fail
+    every invocation (Extension.Crash), where the function can deliver its own events."""
     _configure_logging()
     api = ExtensionsAPI(os.environ["AWS_LAMBDA_RUNTIME_API"], identifier)
-    path = h.socket_path(os.environ)
-    listener = listen(path)
-    journal = Journal(os.path.join(os.path.dirname(path), JOURNAL_NAME))
-    return Extension(_client_from_environment(), listener, journal,
-                     margin_s=_margin_s(os.environ)).serve(api)
+    try:
+        path = h.socket_path(os.environ)
+        listener = listen(path)
+        journal = Journal(os.path.join(os.path.dirname(path), JOURNAL_NAME))
+        extension = Extension(_client_from_environment(), listener, journal,
+                              margin_s=_margin_s(os.environ))
+    except Exception as exc:
+        logger.error("amp_lite extension: cannot start (%s); the function delivers its own "
+                     "events", _describe(exc))
+        return _pass_through(api)
+    return extension.serve(api)
 
 
+def _pass_through(api: ExtensionsAPI) -> int:
+    """Answer every INVOKE at once, until SHUTDOWN."""
+    try:
+        while True:
+            api.ask_next()
+            event = None
+            while event is None:
+                event = api.event()
+            if event.get("eventType") == "SHUTDOWN":
+                return 0
+    except (OSError, ValueError, RuntimeError) as exc:
+        logger.error("amp_lite extension: the Extensions API failed (%s); exiting",
+                     _describe(exc))
+        return 1
 def _client_from_environment() -> Amplitude | None:
     """The client the function's environment configures, or None (logged): then every
     hand-off is refused and the function delivers its own events."""

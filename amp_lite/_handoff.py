@@ -1,21 +1,27 @@
 """The hand-off to the amp-lite Lambda extension: the wire format, and the function's side.
 
 With `AMP_LITE_EXTENSION=on`, the extension (`amp_lite._extension`, shipped in the extension
-layer) listens on a Unix socket. A scope's flush sends the invocation's encoded events there in
-one write and waits only for a one-byte answer, which the extension sends once the events are
-in its local spill: from then on they are the extension's to deliver, after the response.
-No socket, a refusal, no answer within the acknowledgement timeout: the flush runs in the
-function, as without the extension. Only the latency comes back; nothing is lost.
+layer) listens on a Unix socket. A scope's flush in a Lambda invocation sends the
+invocation's encoded events there in one write and waits only for a one-byte answer, which the
+extension sends once the message is in its journal: from then on the events are the
+extension's to deliver, after the response. No socket, a refusal, no answer in time: the flush
+runs in the function, as without the extension. Only the latency comes back; nothing is lost.
+
+Every such scope hands off, even with no events, and even a client the extension cannot stand
+in for (its own transport, overflow or retry strategy, no key, disabled) sends an empty one:
+that is how the extension knows the invocation's events are complete, and stops waiting.
 
 The message: a 4-byte big-endian length of what follows, a JSON header line, then one line per
 event (its encoded JSON object, which holds no raw newline). The header:
-`{"v": 1, "request_id": ..., "identity": <the client's spill digest>, "min_id_length": ...,
-"count": n}`. The answer: `A` (accepted) or `R` (refused: deliver them yourself). The
-extension serves only clients configured like its own (same key and server: same digest).
+`{"v": 1, "request_id": ..., "identity": <client signature, "" for none>, "min_id_length":
+..., "count": n}`. The signature digests the key and everything that decides delivery; the
+extension takes events only from a client whose signature is its own. The answer: `A`
+(accepted) or `R` (refused: deliver them yourself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,8 +29,10 @@ import socket
 import struct
 from collections.abc import Mapping, Sequence
 
-from ._checks import positive_seconds
-from ._config import ENV_EXTENSION
+from ._checks import is_int, positive_seconds
+from ._config import ENV_EXTENSION, ClientConfig
+from ._deadline import Deadline
+from ._errors import ConfigError
 from ._wire import BufferedEvent
 
 logger = logging.getLogger("amp_lite")
@@ -36,8 +44,19 @@ DEFAULT_ACK_MS = 20.0
 FORMAT_VERSION = 1
 ACCEPTED, REFUSED = b"A", b"R"
 LENGTH = struct.Struct(">I")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger scopes are delivered in the function
-SEND_BYTES_PER_S = 50e6  # a Unix socket moves far more: the send's time allowance per byte
+# Larger scopes are delivered in the function: the extension journals a message before it
+# answers, on the same small CPU share as the function.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+BYTES_PER_S = 20e6  # the time a message of this size may add to the answer's, per byte
+
+
+def client_signature(identity: str, config: ClientConfig) -> str:
+    """What a client is to the extension: its key (or key provider) and every option that
+    decides how its events are delivered. The key itself never appears."""
+    decisive = (identity, config.server_url, config.gzip, config.min_id_length,
+                config.request_timeout_s, config.flush_timeout_s, config.max_request_events,
+                config.max_request_bytes)
+    return hashlib.sha256(repr(decisive).encode()).hexdigest()[:32]
 
 
 def enabled(env: Mapping[str, str]) -> bool:
@@ -86,55 +105,78 @@ def decode(body: bytes) -> Message:
     min_id_length, count = header.get("min_id_length"), header.get("count")
     if not isinstance(request_id, str) or not isinstance(identity, str):
         raise BadMessageError("request_id and identity must be strings")
-    if min_id_length is not None and not isinstance(min_id_length, int):
+    if min_id_length is not None and not is_int(min_id_length):
         raise BadMessageError("min_id_length must be an integer or null")
-    if not isinstance(count, int) or count != len(lines):
+    if not is_int(count) or count != len(lines):
         raise BadMessageError(f"the header counts {count} events, the message holds "
                               f"{len(lines)}")
-    try:
-        events = [BufferedEvent.from_json(line) for line in lines]
-    except ValueError as exc:
-        raise BadMessageError(f"an event is not one: {exc}") from exc
+    # Not parsed here: the function's encoder made them, and the extension answers before it
+    # reads them (their ids are read back on first use, as for tracked events).
+    events = [BufferedEvent.encoded(line) for line in lines if line]
+    if len(events) != count:
+        raise BadMessageError("an empty line where an event should be")
     return Message(request_id, identity, min_id_length, events)
 
 
 class HandOff:
-    """The function's side: `send()` is True once the extension took the events."""
+    """The function's side. `identity` is the client's signature, or None for a client the
+    extension cannot stand in for: it only says that its scope ended."""
 
-    def __init__(self, path: str, identity: str, *, ack_timeout_s: float) -> None:
+    def __init__(self, path: str, identity: str | None, *, ack_timeout_s: float) -> None:
         self.path = path
         self.identity = identity
         self.ack_timeout_s = ack_timeout_s
         self._warned: set[str] = set()
 
     @classmethod
-    def from_environment(cls, identity: str, env: Mapping[str, str] = os.environ) -> HandOff:
+    def from_environment(cls, identity: str | None,
+                         env: Mapping[str, str] = os.environ) -> HandOff:
+        """Raises ConfigError naming AMP_LITE_EXTENSION_ACK_MS when it is not a number of ms."""
         ack_ms = env.get(ENV_ACK_MS)
-        ack_s = (positive_seconds(float(ack_ms) / 1000, ENV_ACK_MS) if ack_ms
-                 else DEFAULT_ACK_MS / 1000)
+        ack_s = DEFAULT_ACK_MS / 1000
+        if ack_ms:
+            try:
+                ack_s = float(ack_ms) / 1000
+            except ValueError:
+                raise ConfigError(f"{ENV_ACK_MS}={ack_ms!r}: must be a number of milliseconds, "
+                                  f"e.g. {ENV_ACK_MS}={DEFAULT_ACK_MS:g}") from None
+            positive_seconds(ack_s, ENV_ACK_MS)
         return cls(socket_path(env), identity, ack_timeout_s=ack_s)
 
     def send(self, events: Sequence[BufferedEvent], *, request_id: str,
-             min_id_length: int | None) -> bool:
+             min_id_length: int | None, deadline: Deadline) -> bool:
+        """True once the extension took `events`; always False for a client it cannot stand
+        in for (whose empty message only ends the extension's wait)."""
+        if self.identity is None:
+            self._post(encode(Message(request_id, "", min_id_length, [])), deadline)
+            return False
         data = encode(Message(request_id, self.identity, min_id_length, list(events)))
         if len(data) > MAX_MESSAGE_BYTES:
-            return self._fell_back("too_large", f"{len(data)} bytes, more than a hand-off takes")
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            connection.settimeout(self.ack_timeout_s + len(data) / SEND_BYTES_PER_S)
-            connection.connect(self.path)
-            connection.sendall(data)
-            connection.settimeout(self.ack_timeout_s)
-            answer = connection.recv(1)
-        except OSError as exc:  # absent, refused, reset, or no answer in time
-            reason = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
-            return self._fell_back(reason, f"{type(exc).__name__}: {exc}")
-        finally:
-            connection.close()
+            self._post(encode(Message(request_id, "", min_id_length, [])), deadline)
+            return self._fell_back("too_large", f"{len(data)} bytes, more than a hand-off "
+                                   f"takes ({MAX_MESSAGE_BYTES})")
+        answer, failure = self._post(data, deadline)
         if answer == ACCEPTED:
             return True
-        return self._fell_back("refused", "the extension refused the events" if answer
-                               else "the extension closed the connection")
+        return self._fell_back(*(failure or ("refused", "the extension refused the events"
+                                             if answer else "the extension closed the "
+                                             "connection")))
+
+    def _post(self, data: bytes, deadline: Deadline) -> tuple[bytes, tuple[str, str] | None]:
+        """One connection, one write, one byte back, all within the flush's `deadline`."""
+        allowance = self.ack_timeout_s + len(data) / BYTES_PER_S
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.settimeout(max(0.001, deadline.clamp(allowance)))
+            connection.connect(self.path)
+            connection.sendall(data)
+            connection.settimeout(max(0.001, deadline.clamp(allowance)))
+            return connection.recv(1), None
+        except OSError as exc:  # absent, refused, reset, or no answer in time
+            reason = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
+            return b"", (reason, f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
 
     def _fell_back(self, reason: str, detail: str) -> bool:
         # WARNING the first time for each reason, then INFO: a missing extension layer with

@@ -28,7 +28,7 @@ class Reply(FrozenValue):
 
     _fields = ("http_status", "body", "error", "retry_after_s")
     __slots__ = _fields
-    __match_args__ = _fields
+    __match_args__ = ("http_status", "body", "error", "retry_after_s")
     http_status: int | None
     body: Mapping[str, Any] | None  # the JSON object of the reply, when it was one
     # timeout, tls, connection, connection_dropped, response_too_large, protocol:<error>,

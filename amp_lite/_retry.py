@@ -95,7 +95,7 @@ class Attempt(FrozenValue):
 
     _fields = ("batch",)
     __slots__ = _fields
-    __match_args__ = _fields
+    __match_args__ = ("batch",)
     batch: list[BufferedEvent]
 
     def __init__(self, batch: list[BufferedEvent]) -> None:
@@ -107,7 +107,7 @@ class Pause(FrozenValue):
 
     _fields = ("seconds",)
     __slots__ = _fields
-    __match_args__ = _fields
+    __match_args__ = ("seconds",)
     seconds: float
 
     def __init__(self, seconds: float) -> None:

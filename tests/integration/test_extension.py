@@ -309,3 +309,55 @@ def test_layer_canary_with_the_extension(tmp_path: Path, code_dir: Path,
         for path in opt.rglob("*"):
             os.chmod(path, 0o755)
         opt.chmod(0o755)
+
+
+SLOW_HANDLER = textwrap.dedent("""
+    import time
+    import amp_lite
+
+    @amp_lite.amplitude_flush
+    def handler(event, context):
+        for i in range(event.get("events", 10)):
+            amp_lite.track("Late Event", user_id="user-0001", event_properties={"i": i})
+        time.sleep(event.get("sleep_s", 0))  # the hand-off comes this late
+        return {"ok": True}
+""")
+
+
+def test_a_hand_off_too_close_to_the_deadline_waits_in_the_journal(
+        tmp_path: Path, code_dir: Path, fake: FakeAmplitude) -> None:
+    (code_dir / "app.py").write_text(SLOW_HANDLER)
+    with environment(tmp_path, code_dir, fake) as lam:
+        # GIVEN a hand-off 2.45 s into a 3 s invocation (the margin is 0.5 s: ~50 ms left)
+        result = lam.invoke({"events": 5, "sleep_s": 2.45})
+        assert result.failure is None
+        # THEN the extension kept the five for later: none sent, none dropped
+        assert journaled(tmp_path) > 0
+        assert "wait for the next flush" in lam.extension(EXTENSION).output()
+        # WHEN the next invocation has time / THEN all ten arrive
+        lam.invoke({"events": 5})
+        assert fake.wait_for_events(10)
+
+
+def test_a_disabled_client_does_not_hold_the_invocation(tmp_path: Path, code_dir: Path,
+                                                        fake: FakeAmplitude) -> None:
+    # GIVEN AMP_LITE_ENABLED=false (the kill switch) with the extension on
+    with environment(tmp_path, code_dir, fake, AMP_LITE_ENABLED="false") as lam:
+        lam.invoke({"events": 1})
+        result = lam.invoke({"events": 3})
+        # THEN the invocation ends when the handler does, not at its deadline less the margin
+        assert result.failure is None and result.post_response_ms < 1000
+        assert fake.insert_ids == []
+
+
+def test_an_extension_that_cannot_start_holds_no_invocation(tmp_path: Path, code_dir: Path,
+                                                            fake: FakeAmplitude) -> None:
+    # GIVEN the socket's directory made by someone else's rules (0755): the extension refuses it
+    (tmp_path / "sock").mkdir(mode=0o755)
+    (tmp_path / "sock").chmod(0o755)
+    with environment(tmp_path, code_dir, fake) as lam:
+        result = lam.invoke({"events": 4})
+        # THEN no crash, no wait: the function delivered its own events
+        assert result.failure is None and result.post_response_ms < 1000
+        assert fake.wait_for_events(4)
+        assert "cannot start" in lam.extension(EXTENSION).output()

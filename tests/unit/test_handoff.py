@@ -93,7 +93,8 @@ def test_the_message_round_trips() -> None:
     b'{"v": 2, "request_id": "r", "identity": "i", "count": 0}',
     b'{"v": 1, "request_id": 7, "identity": "i", "count": 0}',
     b'{"v": 1, "request_id": "r", "identity": "i", "count": 2}\n{"insert_id": "a"}',
-    b'{"v": 1, "request_id": "r", "identity": "i", "count": 1}\n[1, 2]',
+    b'{"v": 1, "request_id": "r", "identity": "i", "count": true}',
+    b'{"v": 1, "request_id": "r", "identity": "i", "count": 1}\n',
 ])
 def test_a_flawed_message_is_refused_whole(body: bytes) -> None:
     with pytest.raises(h.BadMessageError):
@@ -207,8 +208,55 @@ def test_an_extension_too_slow_to_answer_leaves_the_events_to_the_function(
     # events to the function: nothing is sent twice
     extension.accept()
     assert extension.pending == [] and extension.handed == {"req-1": 0}
+    assert Path(extension.journal.path).stat().st_size == 0  # its record rolled back
     extension.deliver(Deadline.after(5))
     assert len(fake.insert_ids) == 10 and fake.duplicates == 0
+
+
+@pytest.mark.parametrize("build", ["own_transport", "disabled", "own_retry"])
+def test_a_client_the_extension_cannot_serve_still_ends_its_wait(
+        environment: Path, fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch,
+        build: str) -> None:
+    # GIVEN clients the extension cannot stand in for
+    extension, thread = extension_serving(environment)
+    if build == "own_transport":
+        from amp_lite._http import HttpTransport
+
+        client = amp_lite.Amplitude(transport=HttpTransport(fake.url, gzip=False))
+    elif build == "own_retry":
+        client = amp_lite.Amplitude(retry=amp_lite.OfflineRetryHandler())
+    else:
+        monkeypatch.setenv("AMP_LITE_ENABLED", "false")
+        client = amp_lite.Amplitude()
+    # WHEN the scope ends
+    report = invocation(client)
+    thread.join(5)
+    # THEN the extension heard the invocation end (it does not wait for its deadline) and
+    # took nothing: the function delivered its own events
+    assert extension.handed == {"req-1": 0} and extension.pending == []
+    expected = 0 if build == "disabled" else 10
+    assert report.delivered == expected and len(fake.insert_ids) == expected
+
+
+def test_a_bad_acknowledgement_timeout_names_the_variable(
+        environment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMP_LITE_EXTENSION_ACK_MS", "20ms")
+    with pytest.raises(amp_lite.ConfigError, match="AMP_LITE_EXTENSION_ACK_MS"):
+        amp_lite.Amplitude()
+
+
+def test_an_extension_without_a_client_holds_no_invocation(
+        environment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no key in the environment: it refuses every hand-off and finishes each INVOKE at once
+    monkeypatch.delenv("AMPLITUDE_API_KEY")
+    extension = make_extension(environment)
+    assert extension.client is None
+    client = amp_lite.Amplitude("another-key-9876543210")
+    thread = threading.Thread(target=extension.accept, daemon=True)
+    thread.start()
+    report = invocation(client)
+    thread.join(5)
+    assert report.handed_off == 0 and extension.pending == []
 
 
 def test_a_killed_extension_leaves_its_hand_offs_to_the_next(
