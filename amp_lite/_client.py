@@ -233,7 +233,10 @@ class Amplitude:
         cap = (self.config.flush_timeout_s if flush_timeout_s is None
                else positive_seconds(flush_timeout_s, "flush_timeout_s"))
         if time_left is None and remaining_time_ms is not None:
-            time_left = from_milliseconds(remaining_time_ms)
+            # context.get_remaining_time_in_millis is bound to the context: its request id
+            context = getattr(remaining_time_ms, "__self__", None)
+            time_left = from_milliseconds(remaining_time_ms,
+                                          getattr(context, "aws_request_id", None))
         return Invocation(self._scopes, self, flush_timeout_s=cap,
                           time_left=time_left, margin_ms=margin_ms,
                           timeout_s=None if time_left else timeout_s)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._client import Amplitude
-from ._scope import Invocation, TimeLeft, countdown
+from ._scope import Invocation, InvocationTime, TimeLeft, countdown
 from ._wrap import check_options, open_scope
 from .aws_lambda import context_time_left
 
@@ -100,7 +100,8 @@ def web_adapter_time_left(header: str | bytes) -> TimeLeft | None:
     """Seconds left until the `deadline` of a Lambda Web Adapter context header; None when the
     header does not carry one (logged at debug)."""
     try:
-        deadline_ms = json.loads(header)["deadline"]
+        context = json.loads(header)
+        deadline_ms = context["deadline"]
         if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int) or deadline_ms <= 0:
             raise ValueError(f"deadline is {deadline_ms!r}")
     except (ValueError, TypeError, KeyError) as exc:
@@ -108,4 +109,4 @@ def web_adapter_time_left(header: str | bytes) -> TimeLeft | None:
                      WEB_ADAPTER_HEADER, type(exc).__name__)
         return None
     ends_at = deadline_ms / 1000  # wall clock: the deadline comes from another process
-    return lambda: ends_at - time.time()
+    return InvocationTime(lambda: ends_at - time.time(), context.get("request_id"))

@@ -160,7 +160,7 @@ class Invocation:
         self._margin_s = max(0.0, margin_ms) / 1000
         self._token: Token[EventBuffer | None] | None = None
         request_id = getattr(time_left, "request_id", None)  # a Lambda invocation's
-        self.request_id = request_id if isinstance(request_id, str) else None
+        self.request_id: str | None = request_id if isinstance(request_id, str) else None
 
     def __enter__(self) -> Invocation:
         self.enter()
@@ -184,6 +184,8 @@ class Invocation:
         body); `timeout_s` counts from the first call."""
         if self._timeout_s is not None and self._time_left is None:
             self._time_left = countdown(self._timeout_s)
+        if self._token is None and self._scopes.current() is not self._scopes.outside:
+            self.request_id = None  # nested in another scope: the outer one hands off
         self._token = self._scopes.enter(self.buffer)
 
     def leave(self) -> None:
@@ -236,22 +238,20 @@ def countdown(seconds: float) -> TimeLeft:
 
 
 class InvocationTime:
-    """What is left of a Lambda invocation, in seconds (a TimeLeft), from its context's
-    milliseconds method; and the invocation's request id, which a hand-off to the amp-lite
-    extension names."""
+    """What is left of a Lambda invocation, in seconds (a TimeLeft), and the invocation's
+    request id, which a hand-off to the amp-lite extension names."""
 
-    __slots__ = ("_remaining_time_ms", "request_id")
+    __slots__ = ("_seconds_left", "request_id")
 
-    def __init__(self, remaining_time_ms: Callable[[], int],
-                 request_id: str | None = None) -> None:
-        self._remaining_time_ms = remaining_time_ms
-        self.request_id = request_id
+    def __init__(self, seconds_left: TimeLeft, request_id: str | None = None) -> None:
+        self._seconds_left = seconds_left
+        self.request_id = request_id if isinstance(request_id, str) else None
 
     def __call__(self) -> float:
-        return self._remaining_time_ms() / 1000
+        return self._seconds_left()
 
 
 def from_milliseconds(remaining_time_ms: Callable[[], int],
                       request_id: str | None = None) -> TimeLeft:
     """Seconds left, from a function giving milliseconds (Lambda's context method)."""
-    return InvocationTime(remaining_time_ms, request_id)
+    return InvocationTime(lambda: remaining_time_ms() / 1000, request_id)

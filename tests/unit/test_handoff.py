@@ -333,3 +333,21 @@ def test_an_async_handler_hands_off(environment: Path) -> None:
     assert asyncio.run(handler({}, LambdaContext(3000))) == "done"
     thread.join(5)
     assert extension.handed == {LambdaContext.aws_request_id: 1}
+
+
+def test_a_scope_from_the_context_method_hands_off_and_a_nested_one_does_not(
+        environment: Path, fake: FakeAmplitude) -> None:
+    # GIVEN a scope opened with the context's method (no decorator), and one inside it
+    extension, thread = extension_serving(environment)
+    client = amp_lite.Amplitude()
+    context = LambdaContext(3000)
+    with client.invocation(remaining_time_ms=context.get_remaining_time_in_millis) as outer:
+        with client.invocation(remaining_time_ms=context.get_remaining_time_in_millis) as inner:
+            client.track("Inner", user_id="user-0001")
+        client.track("Outer", user_id="user-0001")
+    thread.join(5)
+    # THEN the inner scope delivered in the function, the outer one handed off (one hand-off
+    # per invocation: the first one ends the extension's wait)
+    assert inner.report is not None and inner.report.delivered == 1
+    assert outer.report is not None and outer.report.handed_off == 1
+    assert extension.handed == {LambdaContext.aws_request_id: 1}
