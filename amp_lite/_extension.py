@@ -199,8 +199,7 @@ class Extension:
                 with contextlib.suppress(OSError):
                     connection.sendall(h.REFUSED)
                 return
-            start = self.take(message, data)
-            taken = start is not None
+            taken, start = self.take(message, data)
             self.handed[message.request_id] = (self.handed.get(message.request_id, 0)
                                                + (len(message.events) if taken else 0))
             try:
@@ -209,27 +208,30 @@ class Extension:
                 if start is not None:
                     del self.pending[len(self.pending) - len(message.events):]
                     self.journal.truncate(start)
+                if taken:
                     self.handed[message.request_id] -= len(message.events)
                 logger.info("amp_lite extension: the function left before the answer to its "
                             "hand-off and delivers those events itself")
 
-    def take(self, message: h.Message, data: bytes) -> int | None:
-        """Journal the hand-off and hold its events: where its journal record starts; or None
-        when it is refused (logged why) or holds nothing."""
-        if not message.events:
-            return None  # the scope ended: nothing to take (or a client not served here)
-        if self.signature is None or message.identity != self.signature:
+    def take(self, message: h.Message, data: bytes) -> tuple[bool, int | None]:
+        """Journal the hand-off and hold its events. Returns whether it is taken (else it is
+        refused, logged why), and where its journal record starts (None: no record)."""
+        if not message.identity:  # a client not served here: its scope ended, that is all
+            return False, None
+        if message.identity != self.signature:
             self._refuse("client", "a hand-off from a client configured otherwise than this "
                          "extension's environment (key, server or delivery options): refused; "
                          "the function delivers its events")
-            return None
+            return False, None
+        if not message.events:
+            return True, None  # taken: the function has nothing more to do
         try:
             start = self.journal.append(data)
         except OSError as exc:
             self._refuse("journal", f"could not journal a hand-off ({exc}): refused")
-            return None
+            return False, None
         self.pending.extend(message.events)
-        return start
+        return True, start
 
     def _refuse(self, reason: str, message: str) -> None:
         level = logging.INFO if reason in self._said else logging.WARNING

@@ -201,10 +201,16 @@ BENCH_CA_NAME = "amp-lite benchmark CA"  # run.py checks that urllib trusts this
 
 def make_bench_tls_files(directory: str) -> TlsFiles:
     """The test CA and server certificate (amp_lite.testing.tls), with a trust file that holds
-    the system CA bundle too (when found), so that loading it costs what loading the real
-    bundle costs, as it would for either SDK in a real function."""
+    the system CA bundle too, so that loading it costs what loading the real bundle costs, as
+    it would for either SDK in a real function. No system bundle: RuntimeError (the cold-start
+    scenarios would understate the TLS setup of both SDKs)."""
     files = make_tls_files(directory, ca_name=BENCH_CA_NAME)
-    system = next((Path(p).read_bytes() for p in SYSTEM_CA_BUNDLES if Path(p).is_file()), b"")
+    candidates = (*SYSTEM_CA_BUNDLES, ssl.get_default_verify_paths().openssl_cafile)
+    found = next((Path(p) for p in candidates if p and Path(p).is_file()), None)
+    if found is None:
+        raise RuntimeError(f"no system CA bundle ({', '.join(map(str, candidates))}): the "
+                           "benchmark's trust file must cost what a real one costs to load")
+    system = found.read_bytes()
     bundle = Path(directory) / "ca-bundle.pem"
     bundle.write_bytes(system + b"\n" + Path(files.ca_cert).read_bytes())
     return replace(files, ca_cert=str(bundle))

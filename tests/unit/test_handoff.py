@@ -126,13 +126,17 @@ def test_the_extension_takes_the_events_and_delivers_them_after(
     assert journal.stat().st_size == 0
 
 
-def test_an_invocation_without_events_hands_off_too(environment: Path) -> None:
-    # the extension learns that the invocation's events are complete
+def test_an_invocation_without_events_hands_off_too(
+        environment: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the extension learns that the invocation's events are complete, and accepts: the
+    # function has nothing more to do (no fallback, no flush of its own)
+    caplog.set_level(logging.INFO, logger="amp_lite")
     extension, thread = extension_serving(environment)
     report = invocation(amp_lite.Amplitude(), "req-empty", events=0)
     thread.join(5)
-    assert report.handed_off == 0 and report.balanced
+    assert report.handed_off == 0 and report.balanced and report.attempts == 0
     assert extension.handed == {"req-empty": 0}
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
 
 
 def test_without_the_extension_the_function_delivers_and_warns_once(
