@@ -2,7 +2,7 @@
 
 `@dataclass` writes a class's methods as source text and compiles them when the module is
 imported: about 0.5 ms per class on CPython 3.11, paid at every cold start (a layer's bytecode
-cannot hold them). For the 14 value classes on the import path that was half of
+cannot hold them). For the 15 value classes on the import path that was half of
 `import amp_lite` (benchmark scenario 6). Here each class spells out its `__init__`, which is
 compiled into the bytecode like any function, and shares `==`, `repr` and, when frozen,
 immutability. The retry strategies and `ClientConfig` stay dataclasses: users subclass the

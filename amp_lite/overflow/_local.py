@@ -31,7 +31,6 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._checks import positive_int
@@ -39,6 +38,7 @@ from .._deadline import Deadline
 from .._errors import OverflowWriteError
 from .._limits import MAX_REQUEST_BYTES
 from .._report import DROPPED_SPILL_UNTRUSTED
+from .._value import Value
 from .._wire import BufferedEvent
 from ._spill_files import (
     CHECK_EVERY,
@@ -175,8 +175,7 @@ class _ClaimDir:
             self._close()
 
 
-@dataclass
-class SpillClaim:
+class SpillClaim(Value):
     """Spill files taken by one flush: `complete()` deletes them once their events settled.
 
     The events of one claim were all tracked with the same `min_id_length` (None: the client's
@@ -184,12 +183,19 @@ class SpillClaim:
     aside while claiming. A claim never completed is given back once its process is gone or
     the SpillClaim is garbage-collected."""
 
-    events: list[BufferedEvent]
-    attempts: int
-    min_id_length: int | None = None
-    quarantined: int = 0
-    _names: list[str] = field(default_factory=list, repr=False)  # files in the claim's dir
-    _dir: _ClaimDir | None = field(default=None, repr=False)
+    _fields = ("events", "attempts", "min_id_length", "quarantined", "_names", "_dir")
+    __slots__ = _fields
+    _unshown = frozenset({"_names", "_dir"})
+
+    def __init__(self, events: list[BufferedEvent], attempts: int,
+                 min_id_length: int | None = None, quarantined: int = 0,
+                 _names: list[str] | None = None, _dir: _ClaimDir | None = None) -> None:
+        self.events = events
+        self.attempts = attempts
+        self.min_id_length = min_id_length
+        self.quarantined = quarantined
+        self._names: list[str] = _names if _names is not None else []  # the claim dir's files
+        self._dir = _dir
 
     def complete(self, *, deadline: Deadline | None = None) -> None:
         """Delete the claimed files. Settled at once; deleting stops at `deadline` and the

@@ -151,11 +151,10 @@ def test_no_import_cycles() -> None:
 # What `import amp_lite` may decorate with @dataclass: each costs about 0.5 ms of every cold
 # start (its methods are compiled from source text at import, beyond the layer's bytecode), so
 # value types use amp_lite._value instead. These stay: users subclass the strategies with
-# @dataclass, and ClientConfig's options and SpillClaim's fields are dataclass fields.
+# @dataclass, and ClientConfig's options are dataclass fields.
 IMPORT_TIME_DATACLASSES = {
     "amp_lite._config.ClientConfig", "amp_lite._retry.BaseRetryHandler",
     "amp_lite._retry.RetryHandler", "amp_lite._retry.OfflineRetryHandler",
-    "amp_lite.overflow._local.SpillClaim",
 }
 
 
