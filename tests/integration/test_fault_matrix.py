@@ -278,8 +278,9 @@ def _assert_in_time_and_threadless(invoked: Invoked) -> None:
 def _assert_balanced(summary: dict[str, Any]) -> None:
     settled = (summary["delivered"] + summary["rejected"] + summary["overflowed"]
                + summary["dropped"])
-    assert summary["tracked"] + summary["recovered"] == settled, summary
-    assert summary["dropped"] == 0, summary  # SQS is up, or the spill has room
+    # the whole summary, as text: pytest would shorten a dict, reasons first
+    assert summary["tracked"] + summary["recovered"] == settled, json.dumps(summary)
+    assert summary["dropped"] == 0, json.dumps(summary)  # SQS is up, or the spill has room
 
 
 def _spill_files(spill: Path) -> list[Path]:
