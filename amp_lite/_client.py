@@ -286,7 +286,8 @@ class Amplitude:
         dropped instead (a scope's exit)."""
         started = monotonic()
         if not self.config.enabled:
-            self._handed_off([], request_id, deadline)  # the extension stops waiting
+            if self._handoff is not None and request_id is not None:
+                self._handoff.notify(request_id, deadline)  # the extension stops waiting
             return DeliveryReport()
         buffers, events, outside = _take(buffer, adopt)
         tally = Tally(tracked=len(events))

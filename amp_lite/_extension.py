@@ -216,8 +216,8 @@ class Extension:
     def take(self, message: h.Message, data: bytes) -> tuple[bool, int | None]:
         """Journal the hand-off and hold its events. Returns whether it is taken (else it is
         refused, logged why), and where its journal record starts (None: no record)."""
-        if not message.identity:  # a client not served here: its scope ended, that is all
-            return False, None
+        if not message.identity or self.client is None:
+            return False, None  # its scope ended, that is all (no client: said at the start)
         if message.identity != self.signature:
             self._refuse("client", "a hand-off from a client configured otherwise than this "
                          "extension's environment (key, server or delivery options): refused; "

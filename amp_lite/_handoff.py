@@ -148,11 +148,11 @@ class HandOff:
         """True once the extension took `events`; always False for a client it cannot stand
         in for (whose empty message only ends the extension's wait)."""
         if self.identity is None:
-            self._post(encode(Message(request_id, "", min_id_length, [])), deadline)
+            self.notify(request_id, deadline)
             return False
         data = encode(Message(request_id, self.identity, min_id_length, list(events)))
         if len(data) > MAX_MESSAGE_BYTES:
-            self._post(encode(Message(request_id, "", min_id_length, [])), deadline)
+            self.notify(request_id, deadline)
             return self._fell_back("too_large", f"{len(data)} bytes, more than a hand-off "
                                    f"takes ({MAX_MESSAGE_BYTES})")
         answer, failure = self._post(data, deadline)
@@ -161,6 +161,11 @@ class HandOff:
         return self._fell_back(*(failure or ("refused", "the extension refused the events"
                                              if answer else "the extension closed the "
                                              "connection")))
+
+    def notify(self, request_id: str, deadline: Deadline) -> None:
+        """Only tell the extension that this invocation's scope ended (an empty message that
+        names no client): it stops waiting, and takes nothing."""
+        self._post(encode(Message(request_id, "", None, [])), deadline)
 
     def _post(self, data: bytes, deadline: Deadline) -> tuple[bytes, tuple[str, str] | None]:
         """One connection, one write, one byte back, all within the flush's `deadline`."""

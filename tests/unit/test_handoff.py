@@ -355,3 +355,16 @@ def test_a_scope_from_the_context_method_hands_off_and_a_nested_one_does_not(
     assert inner.report is not None and inner.report.delivered == 1
     assert outer.report is not None and outer.report.handed_off == 1
     assert extension.handed == {LambdaContext.aws_request_id: 1}
+
+
+def test_a_disabled_client_says_nothing_but_that_its_scope_ended(
+        environment: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # AMP_LITE_ENABLED=false: no fallback warning in the function, no refusal in the extension
+    monkeypatch.setenv("AMP_LITE_ENABLED", "false")
+    caplog.set_level(logging.INFO, logger="amp_lite")
+    extension, thread = extension_serving(environment)
+    report = invocation(amp_lite.Amplitude())
+    thread.join(5)
+    assert report.tracked == 0 and extension.handed == {"req-1": 0}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
