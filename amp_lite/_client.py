@@ -335,8 +335,13 @@ class Amplitude:
         knows they are complete). Only a scope's flush in a Lambda invocation hands off."""
         if self._handoff is None or request_id is None:
             return False
-        return self._handoff.send(events, request_id=request_id,
-                                  min_id_length=self.config.min_id_length, deadline=deadline)
+        try:
+            return self._handoff.send(events, request_id=request_id,
+                                      min_id_length=self.config.min_id_length,
+                                      deadline=deadline)
+        except Exception:  # a bug of ours: the events are delivered here, not lost
+            logger.exception("amp_lite: the hand-off to the extension failed")
+            return False
 
     def _without_key(self, exc: ConfigError, buffer: EventBuffer, events: list[BufferedEvent],
                      deadline: Deadline, raise_config_error: bool) -> Tally:

@@ -170,7 +170,10 @@ class HandOff:
     def _post(self, data: bytes, deadline: Deadline) -> tuple[bytes, tuple[str, str] | None]:
         """One connection, one write, one byte back, all within the flush's `deadline`."""
         allowance = self.ack_timeout_s + len(data) / BYTES_PER_S
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors, say
+            return b"", ("unreachable", f"{type(exc).__name__}: {exc}")
         try:
             connection.settimeout(max(0.001, deadline.clamp(allowance)))
             connection.connect(self.path)

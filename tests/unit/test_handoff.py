@@ -368,3 +368,18 @@ def test_a_disabled_client_says_nothing_but_that_its_scope_ended(
     thread.join(5)
     assert report.tracked == 0 and extension.handed == {"req-1": 0}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_hand_off_that_raises_leaves_the_events_to_the_function(
+        environment: Path, fake: FakeAmplitude, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a hand-off that fails in a way nobody planned for (out of descriptors, a bug)
+    client = amp_lite.Amplitude()
+
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("unplanned")
+
+    monkeypatch.setattr(h.HandOff, "send", broken)
+    # WHEN the scope ends / THEN the function delivered the events: none lost
+    report = invocation(client)
+    assert (report.delivered, report.dropped) == (10, 0)
+    assert len(fake.insert_ids) == 10
