@@ -79,7 +79,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import amplitude
-import urllib3
 from amplitude.constants import PluginType
 
 import amp_lite
@@ -672,20 +671,9 @@ def handler(event, context):
 """
 
 
-def _extension_layer(folder: Path) -> Path:
-    """The extension layer's shape over this checkout (extensions/, python/amp_lite)."""
-    layer = folder / "layer"
-    (layer / "extensions").mkdir(parents=True)
-    (layer / "python").mkdir()
-    shutil.copy2(ROOT / "layers" / "extensions" / "amp-lite", layer / "extensions")
-    (layer / "python" / "amp_lite").symlink_to(ROOT / "amp_lite")
-    (layer / "python" / "urllib3").symlink_to(Path(urllib3.__file__).parent)  # as the layer has
-    return layer
-
-
 def scenario_extension(env: Env, sizes: Sizes, results: Results) -> None:
     sys.path.insert(0, str(ROOT))  # the control-plane fake the tests use
-    from tests.support.lambda_control import lambda_environment
+    from tests.support.lambda_control import lambda_environment, source_extension_layer
 
     invocations = max(10, sizes.warm_invocations // 10)
     env.control.latency(EXTENSION_LATENCY_MS)
@@ -695,7 +683,7 @@ def scenario_extension(env: Env, sizes: Sizes, results: Results) -> None:
             code = scratch / "code"
             code.mkdir()
             (code / "app.py").write_text(EXTENSION_HANDLER)
-            layer = _extension_layer(scratch)
+            layer = source_extension_layer(scratch)
             for rep in range(sizes.reps):
                 for mode in (AMP, DECORATOR):
                     on = mode == AMP

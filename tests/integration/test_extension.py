@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import urllib3
 
 from amp_lite.testing import FakeAmplitude, Fault
-from tests.support.lambda_control import LambdaEnvironment, lambda_environment
+from tests.support.lambda_control import (
+    LambdaEnvironment,
+    lambda_environment,
+    source_extension_layer,
+)
 from tests.support.lambda_runtime import REPO_ROOT
 
 API_KEY = "extension-key-0123456789"
@@ -50,18 +52,6 @@ def code_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def source_layer(tmp_path: Path) -> Path:
-    """The extension layer's shape, over this checkout: extensions/amp-lite, and python/ with
-    amp_lite and urllib3 (the extension runs with -S: the layer is all it has)."""
-    layer = tmp_path / "layer"
-    (layer / "extensions").mkdir(parents=True)
-    (layer / "python").mkdir()
-    shutil.copy2(REPO_ROOT / "layers" / "extensions" / EXTENSION, layer / "extensions")
-    (layer / "python" / "amp_lite").symlink_to(REPO_ROOT / "amp_lite")
-    (layer / "python" / "urllib3").symlink_to(Path(urllib3.__file__).parent)
-    return layer
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeAmplitude]:
     with FakeAmplitude(api_keys=[API_KEY]) as server:
@@ -79,7 +69,7 @@ def function_env(tmp_path: Path, fake: FakeAmplitude, **extra: str) -> dict[str,
 
 def environment(tmp_path: Path, code_dir: Path, fake: FakeAmplitude, *,
                 extensions: bool = True, **extra: str) -> Any:
-    layer = source_layer(tmp_path)
+    layer = source_extension_layer(tmp_path)
     return lambda_environment("app.handler", env=function_env(tmp_path, fake, **extra),
                               python_path=[code_dir], log_dir=tmp_path,
                               extensions_dir=layer / "extensions" if extensions else None,

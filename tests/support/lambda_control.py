@@ -149,6 +149,7 @@ from tests.support.lambda_shared import (
     FUNCTION_VERSION,
     MEMORY_SIZE_MB,
     REGION,
+    REPO_ROOT,
     RUNTIME_PREFIX,
     TRACE_ID,
     JsonHandler,
@@ -1187,3 +1188,19 @@ def lambda_environment(handler: str, *, env: Mapping[str, str],
         yield environment
     finally:
         environment.close()
+
+
+def source_extension_layer(folder: Path) -> Path:
+    """amp-lite's extension layer laid out over this checkout, in `folder`/layer:
+    extensions/amp-lite, and python/ with amp_lite and urllib3, as the built layer has them
+    (the extension runs with -S: the layer is all it has). For tests and benchmarks that must
+    run the current source, not a build."""
+    import urllib3
+
+    layer = folder / "layer"
+    (layer / "extensions").mkdir(parents=True)
+    (layer / "python").mkdir()
+    shutil.copy2(REPO_ROOT / "layers" / "extensions" / "amp-lite", layer / "extensions")
+    (layer / "python" / "amp_lite").symlink_to(REPO_ROOT / "amp_lite")
+    (layer / "python" / "urllib3").symlink_to(Path(urllib3.__file__).parent)
+    return layer
